@@ -1,0 +1,161 @@
+"""Reading checkpoint files safely: safetensors headers, state dicts, diffusers folders.
+
+Every loader goes through here, so a truncated file, a pickle that needs code execution or a folder without
+weights gives the same clear `ValueError` whichever node read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+SAFETENSORS_EXT = (".safetensors", ".sft")
+PICKLE_EXT = (".pth", ".pt", ".bin", ".ckpt")
+
+# Keys under which training code stores the weights inside a pickled checkpoint.
+_WRAPPER_KEYS = ("state_dict", "model", "module", "ema")
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_header(path: str) -> dict:
+    """The header of a safetensors file (key -> {dtype, shape, data_offsets}, plus `__metadata__`), validated.
+
+    Checks what `safe_open` would only find later or never: a header that runs past the end of the file and tensor
+    data that the file is too short to hold (a download cut off half-way).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"'{os.path.basename(path)}' is not a safetensors file (only {size} bytes).")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise ValueError(
+                f"'{os.path.basename(path)}' is not a valid safetensors file (its header claims {header_len} bytes, "
+                f"the file has {size}); it is truncated or not a safetensors file: download it again."
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"'{os.path.basename(path)}' has a corrupt safetensors header ({e}).") from e
+    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+        raise ValueError(
+            f"'{os.path.basename(path)}' is truncated: its tensors need {8 + header_len + data_end} bytes but the "
+            f"file has {size}. Download it again."
+        )
+    return header
+
+
+def safetensors_shapes(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """key -> (shape, dtype) of a safetensors file, from its header alone."""
+    header = read_safetensors_header(path)
+    return {k: (tuple(v["shape"]), _DTYPES.get(v["dtype"], torch.float32)) for k, v in header.items() if k != "__metadata__"}
+
+
+def _load_pickle(path: str) -> dict[str, torch.Tensor]:
+    try:
+        # mmap (no copy of the weights in RAM) works only for the zip format torch.save writes since 1.6.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"'{os.path.basename(path)}' contains pickled Python objects that need code execution to load, which "
+            f"is refused for safety. Use a .safetensors version of this model. ({str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"'{os.path.basename(path)}' could not be read as a PyTorch checkpoint: {e}") from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"'{os.path.basename(path)}' holds no tensor dictionary (a state_dict was expected).")
+    return obj
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of one checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt with weights_only=True)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"'{path}' is not a file.")
+    lower = path.lower()
+    if lower.endswith(SAFETENSORS_EXT):
+        read_safetensors_header(path)
+        return load_file(path)
+    if lower.endswith(PICKLE_EXT):
+        return _load_pickle(path)
+    raise ValueError(
+        f"'{os.path.basename(path)}' has an unknown extension; expected one of {SAFETENSORS_EXT + PICKLE_EXT}."
+    )
+
+
+def checkpoint_keys(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """key -> (shape, dtype) without reading tensor data where the format allows (safetensors)."""
+    if path.lower().endswith(SAFETENSORS_EXT):
+        return safetensors_shapes(path)
+    return {k: (tuple(v.shape), v.dtype) for k, v in load_state_dict(path).items()}
+
+
+def safetensors_metadata(path: str) -> dict[str, str]:
+    with safe_open(path, "pt") as f:
+        return f.metadata() or {}
+
+
+def weight_files_in_folder(folder: str, stem: str) -> list[str]:
+    """The weight files of a diffusers / HF model folder: `<stem>.safetensors`, a sharded index, or a variant.
+
+    `stem` is `diffusion_pytorch_model` for diffusers models and `model` for transformers models.
+    """
+    index = os.path.join(folder, f"{stem}.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(folder, s) for s in shards]
+    single = os.path.join(folder, f"{stem}.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    variants = sorted(
+        n for n in os.listdir(folder) if n.startswith(stem + ".") and n.endswith(".safetensors") and "index" not in n
+    )
+    if variants:
+        return [os.path.join(folder, variants[0])]
+    raise ValueError(f"The folder '{folder}' has no {stem}*.safetensors weights.")
+
+
+def load_folder_state_dict(folder: str, stem: str) -> dict[str, torch.Tensor]:
+    state_dict: dict[str, torch.Tensor] = {}
+    for path in weight_files_in_folder(folder, stem):
+        state_dict.update(load_state_dict(path))
+    return state_dict
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"Could not read '{path}': {e}") from e
+
+
+def strip_prefix(state_dict: dict, prefixes: tuple[str, ...]) -> dict:
+    """Keep only the keys under the first of `prefixes` that occurs, without it.
+
+    ComfyUI bundles put a model under `model.diffusion_model.` beside other models; files without any of the
+    prefixes are returned as they are.
+    """
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return state_dict
