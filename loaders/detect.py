@@ -5,13 +5,14 @@ from __future__ import annotations
 # (family, keys of which one must be present), first match wins; keys are checked with and without the usual
 # ComfyUI / diffusers prefixes.
 _SIGNATURES = [
+    ("Sana ControlNet", ("controlnet.0.before_proj.weight", "input_block.weight")),
     ("Sana transformer (original layout)", ("t_block.1.weight", "y_embedder.y_proj.fc1.weight")),
     ("Sana transformer (diffusers layout)", ("caption_projection.linear_1.weight",)),
-    ("Sana ControlNet", ("controlnet.0.before_proj.weight", "input_block.weight")),
     ("Wan transformer (original layout)", ("head.modulation", "blocks.0.self_attn.q.weight")),
     ("Wan transformer (diffusers layout)", ("condition_embedder.time_embedder.linear_1.weight",)),
     ("Wan VAE", ("decoder.middle.0.residual.0.gamma", "decoder.mid_block.resnets.0.norm1.gamma")),
-    ("DC-AE VAE", ("decoder.project_in.conv.weight", "decoder.conv_in.weight", "encoder.stages.0.op_list.0.main.conv1.conv.weight")),
+    ("Stable Diffusion / SDXL / Flux VAE", ("decoder.mid.block_1.conv1.weight", "decoder.conv_norm_out.weight")),
+    ("DC-AE VAE", ("decoder.project_out.op_list.0.weight", "decoder.norm_out.weight", "decoder.conv_in.weight")),
     ("Gemma-2 text encoder", ("model.layers.0.pre_feedforward_layernorm.weight", "layers.0.pre_feedforward_layernorm.weight")),
     ("UMT5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.0.pos_embedding.embedding.weight")),
     ("Stable Diffusion / SDXL UNet", ("model.diffusion_model.input_blocks.0.0.weight", "input_blocks.0.0.weight")),

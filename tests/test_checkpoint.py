@@ -73,6 +73,7 @@ def test_sharded_folder(tmp_path):
 @pytest.mark.parametrize("manifest,family", [
     ("sana_600m_original.json", "Sana transformer (original layout)"),
     ("sana_600m_diffusers.json", "Sana transformer (diffusers layout)"),
+    ("sana_controlnet_1600m_diffusers.json", "Sana ControlNet"),
     ("wan21_t2v_1_3b_original.json", "Wan transformer (original layout)"),
     ("wan21_t2v_1_3b_diffusers.json", "Wan transformer (diffusers layout)"),
     ("wan21_vae_original.json", "Wan VAE"),
