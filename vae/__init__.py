@@ -1,0 +1,1 @@
+"""Latent <-> image: tiled and chunked VAE decoding and encoding."""

@@ -1,0 +1,136 @@
+"""DC-AE latents <-> images, one image at a time, in overlapping tiles when the image is large.
+
+Latents are the VAE's raw latent space (what `vae.decode` takes; ComfyUI's LATENT convention); images are
+ComfyUI's IMAGE, [B, H, W, 3] float32 in 0..1 on the CPU. Tiling and blending are diffusers' own
+(`AutoencoderDC.tiled_decode` / `tiled_encode`); this module only switches them on for one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers import AutoencoderDC
+
+TILE_MODES = ("auto", "on", "off")
+
+# Every attribute `enable_tiling` writes, so one call's tiling never leaks into the next.
+_TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+                 "tile_sample_stride_width", "tile_latent_min_height", "tile_latent_min_width")
+
+Progress = Callable[[int, int], None]
+
+
+def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", tile_size: int = 1024,
+                tile_overlap: int = 128, progress: Progress | None = None) -> torch.Tensor:
+    """Raw latents [B, C, h, w] -> IMAGE [B, h*32, w*32, 3].
+
+    `tile`: "off" decodes each image whole (exact); "on" decodes in `tile_size` pixel tiles that overlap by
+    `tile_overlap` pixels and are blended linearly; "auto" tiles only images larger than `tile_size` in either
+    dimension, because the whole-image decode's memory grows with the pixel count (Sana's 4K images need tiling)
+    while one tile's does not. "on" and "auto" give the same images: diffusers never splits an image that fits in
+    one tile.
+    `progress(done, total)` is called after each image.
+    """
+    _check_latents(vae, latents)
+    ratio = vae.spatial_compression_ratio
+    tiled = _wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    with _tiling(vae, tiled, tile_size, tile_overlap):
+        return _one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+
+def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", tile_size: int = 1024,
+                tile_overlap: int = 128, progress: Progress | None = None) -> torch.Tensor:
+    """IMAGE [B, H, W, 3] in 0..1 -> raw latents [B, C, H/32, W/32] float32 on the CPU (for img2img).
+
+    Tiling as in `decode_dcae`, blended in latent space by diffusers' `tiled_encode`.
+    """
+    _check_images(vae, images)
+    ratio = vae.spatial_compression_ratio
+    tiled = _wants_tiling(tile, max(images.shape[1:3]), tile_size, tile_overlap, ratio)
+    with _tiling(vae, tiled, tile_size, tile_overlap):
+        return _one_at_a_time(images, lambda x: _encode_one(vae, x), progress)
+
+
+def _decode_one(vae: AutoencoderDC, latent: torch.Tensor) -> torch.Tensor:
+    param = next(vae.parameters())
+    with torch.no_grad():
+        sample = vae.decode(latent.to(param.device, param.dtype)).sample
+    # As diffusers' VaeImageProcessor.postprocess, in float32 whatever the VAE's dtype.
+    return (sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def _encode_one(vae: AutoencoderDC, image: torch.Tensor) -> torch.Tensor:
+    param = next(vae.parameters())
+    pixels = image.permute(0, 3, 1, 2).to(param.device, param.dtype) * 2 - 1
+    with torch.no_grad():
+        return vae.encode(pixels).latent.float().cpu()
+
+
+def _one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                   progress: Progress | None) -> torch.Tensor:
+    """Bound memory to one image's activations, whatever the batch size."""
+    results = []
+    for index, item in enumerate(batch.split(1)):
+        results.append(fn(item))
+        if progress is not None:
+            progress(index + 1, batch.shape[0])
+    return torch.cat(results)
+
+
+@contextmanager
+def _tiling(vae: AutoencoderDC, enabled: bool, tile_size: int, tile_overlap: int) -> Iterator[None]:
+    saved = {name: getattr(vae, name) for name in _TILING_STATE}
+    try:
+        if enabled:
+            stride = tile_size - tile_overlap
+            vae.enable_tiling(tile_size, tile_size, stride, stride)
+        else:
+            vae.disable_tiling()
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+
+
+def _wants_tiling(tile: str, image_size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
+    if tile not in TILE_MODES:
+        raise ValueError(f"tile must be one of {TILE_MODES}, got {tile!r}.")
+    if tile_size < ratio or tile_size % ratio or tile_overlap % ratio or not 0 <= tile_overlap < tile_size:
+        raise ValueError(
+            f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must be multiples of {ratio} pixels (one "
+            f"latent cell), with 0 <= tile_overlap < tile_size."
+        )
+    return tile == "on" or (tile == "auto" and image_size > tile_size)
+
+
+def _check_latents(vae: AutoencoderDC, latents: torch.Tensor) -> None:
+    if latents.ndim != 4 or latents.numel() == 0:
+        video = " (a video latent: decode it with the Wan VAE)" if latents.ndim == 5 else ""
+        raise ValueError(f"expected an image latent [B, C, H, W], got shape {tuple(latents.shape)}{video}.")
+    channels, expected = latents.shape[1], vae.config.latent_channels
+    if channels != expected:
+        raise ValueError(
+            f"latent has {channels} channels, this DC-AE expects {expected}: the latent comes from another model "
+            f"(Wan and SD3/Flux latents have 16 channels, SD/SDXL 4); decode it with that model's VAE."
+        )
+    if not torch.isfinite(latents).all():
+        raise ValueError("The latent contains NaN or infinite values: sampling diverged (e.g. fp16 overflow or a "
+                         "too high guidance scale); nothing to decode.")
+
+
+def _check_images(vae: AutoencoderDC, images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.numel() == 0:
+        raise ValueError(f"expected an IMAGE [B, H, W, 3], got shape {tuple(images.shape)}.")
+    ratio = vae.spatial_compression_ratio
+    height, width = images.shape[1:3]
+    if height % ratio or width % ratio:
+        raise ValueError(
+            f"The image is {width}x{height}; DC-AE needs width and height that are multiples of {ratio}: resize or "
+            f"crop it to {_nearest(width, ratio)}x{_nearest(height, ratio)}."
+        )
+
+
+def _nearest(size: int, ratio: int) -> int:
+    return max(ratio, round(size / ratio) * ratio)
