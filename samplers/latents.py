@@ -1,0 +1,39 @@
+"""Empty latents and Sana's resolution bins."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.image_processor import PixArtImageProcessor
+from diffusers.pipelines.sana.pipeline_sana import (
+    ASPECT_RATIO_512_BIN,
+    ASPECT_RATIO_1024_BIN,
+    ASPECT_RATIO_2048_BIN,
+    ASPECT_RATIO_4096_BIN,
+)
+
+SANA_STRIDE = 32
+SANA_LATENT_CHANNELS = 32
+SANA_BINS = {"512": ASPECT_RATIO_512_BIN, "1024": ASPECT_RATIO_1024_BIN, "2K": ASPECT_RATIO_2048_BIN,
+             "4K": ASPECT_RATIO_4096_BIN}
+
+
+def snap_to_bin(width: int, height: int, bin_name: str) -> tuple[int, int]:
+    """The size Sana was trained on whose aspect ratio is closest to width/height (diffusers' resolution binning)."""
+    if bin_name not in SANA_BINS:
+        raise ValueError(f"Unknown resolution bin '{bin_name}'; choose one of {list(SANA_BINS)}.")
+    binned_height, binned_width = PixArtImageProcessor.classify_height_width_bin(height, width, SANA_BINS[bin_name])
+    return binned_width, binned_height
+
+
+def check_image_size(width: int, height: int, stride: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0 or value % stride:
+            low = max(stride, value // stride * stride)
+            raise ValueError(f"{name} {value} is not a multiple of {stride}; use {low} or {low + stride}.")
+
+
+def empty_sana_latent(width: int, height: int, batch_size: int) -> torch.Tensor:
+    check_image_size(width, height, SANA_STRIDE)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    return torch.zeros(batch_size, SANA_LATENT_CHANNELS, height // SANA_STRIDE, width // SANA_STRIDE)
