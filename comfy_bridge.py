@@ -107,6 +107,35 @@ def load_models(patchers: list, memory_required: int = 0) -> None:
     mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
 
+class _Holder(torch.nn.Module):
+    """The plain module a ModelPatcher wraps; ComfyUI assigns attributes (`device`, ...) on it freely."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+
+class ModelHandle:
+    """What flows between nodes as SANA_MODEL, DCAE_VAE, ...: one loaded model and its one ModelPatcher.
+
+    ComfyUI tracks loaded models by patcher identity, so the handle keeps the same patcher for its whole life.
+    `info` carries what nodes need to know about the model (variant, default shift, ...).
+    """
+
+    def __init__(self, module: torch.nn.Module, role: str, **info):
+        self.patcher = make_patcher(_Holder(module), role)
+        self.info = info
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.patcher.model.module
+
+    def load(self, memory_required: int = 0) -> torch.nn.Module:
+        """The model on its load device, after ComfyUI made room for it and `memory_required` activations."""
+        load_models([self.patcher], memory_required)
+        return self.module
+
+
 # ---------------------------------------------------------------------------------------------- progress, interrupt
 
 
@@ -144,6 +173,18 @@ class Progress:
         self._bar.update_absolute(value, self.total, preview)
 
 
+def step_callback(total: int, preview=None):
+    """A sampler callback(step, total, x0): progress messages, interrupt check, preview image when enabled."""
+    progress = Progress(total)
+    with_preview = preview is not None and previews_enabled()
+
+    def callback(step: int, _total: int, x0: torch.Tensor) -> None:
+        check_interrupt()
+        progress.update(step, preview(x0) if with_preview else None)
+
+    return callback
+
+
 # ---------------------------------------------------------------------------------------------- model folders
 
 
@@ -155,6 +196,10 @@ def model_files(folder: str) -> list[str]:
     return folder_paths.get_filename_list(folder)
 
 
+def _is_model_dir(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, marker)) for marker in ("config.json", "model_index.json"))
+
+
 def model_dirs(folder: str) -> list[str]:
     """Sub-folders (diffusers / HF layouts) directly inside one of ComfyUI's model folders, as relative names."""
     folder_paths = _comfy("folder_paths")
@@ -163,7 +208,7 @@ def model_dirs(folder: str) -> list[str]:
     names = set()
     for root in folder_paths.get_folder_paths(folder):
         if os.path.isdir(root):
-            names.update(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "config.json")))
+            names.update(n for n in os.listdir(root) if _is_model_dir(os.path.join(root, n)))
     return sorted(names)
 
 

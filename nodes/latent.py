@@ -1,0 +1,35 @@
+"""Latent nodes: empty latents at the sizes each family needs."""
+
+from __future__ import annotations
+
+from .. import comfy_bridge as bridge
+from ..samplers.latents import SANA_BINS, empty_sana_latent, snap_to_bin
+
+
+class EmptySanaLatent:
+    DESCRIPTION = "An empty 32-channel DC-AE latent ([B, 32, H/32, W/32]) for Sana text-to-image."
+    CATEGORY = "Sana"
+    FUNCTION = "generate"
+    RETURN_TYPES = ("LATENT", "INT", "INT")
+    RETURN_NAMES = ("latent", "width", "height")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "width": ("INT", {"default": 1024, "min": 32, "max": 8192, "step": 32}),
+            "height": ("INT", {"default": 1024, "min": 32, "max": 8192, "step": 32}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            "resolution_bin": (["off", *SANA_BINS], {
+                "default": "off",
+                "tooltip": "Snap to the trained size with the nearest aspect ratio: 512, 1024, 2K or 4K models."}),
+        }}
+
+    def generate(self, width, height, batch_size, resolution_bin):
+        if resolution_bin != "off":
+            width, height = snap_to_bin(width, height, resolution_bin)
+        samples = empty_sana_latent(width, height, batch_size).to(bridge.intermediate_device())
+        return ({"samples": samples}, width, height)
+
+
+NODE_CLASS_MAPPINGS = {"EmptySanaLatent": EmptySanaLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmptySanaLatent": "Empty Sana Latent"}

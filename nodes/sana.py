@@ -1,0 +1,77 @@
+"""Sana transformer nodes: load a checkpoint, sample a latent."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comfy_bridge as bridge
+from ..loaders.sana_transformer import load_sana_transformer
+from ..samplers.loop import validate_sampling
+from ..samplers.preview import principal_components_image
+from ..samplers.sana import sample_sana, sana_memory_estimate
+from ..samplers.schedulers import SOLVERS
+from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+
+FOLDERS = ("diffusion_models",)
+
+
+class SanaTransformerLoader:
+    DESCRIPTION = ("Loads any Sana transformer: original .pth/.safetensors, ComfyUI single files, diffusers folders. "
+                   "The variant (600M, 1.6B, 1.5, 2K/4K, Sprint) is recognised from the weights.")
+    CATEGORY = "Sana"
+    FUNCTION = "load"
+    RETURN_TYPES = ("SANA_MODEL",)
+    OUTPUT_TOOLTIPS = ("The Sana transformer, managed by ComfyUI's VRAM manager.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, model_name, dtype):
+        path = resolve_model(FOLDERS, model_name)
+        weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
+        transformer, variant = load_sana_transformer(path, weight_dtype)
+        return (bridge.ModelHandle(transformer, "diffusion", family="sana", variant=variant),)
+
+
+class SanaSampler:
+    DESCRIPTION = "Samples a Sana latent from noise (or from an input latent with denoise < 1) with guidance."
+    CATEGORY = "Sana"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("SANA_MODEL",),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent": ("LATENT", {"tooltip": "Empty Sana Latent for text-to-image, or an encoded image."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
+            "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off."}),
+            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow shift; 0 = the model's default (3.0, 6.0 for 4K)."}),
+            "solver": (list(SOLVERS), {"default": "flow_dpmpp_2m",
+                                       "tooltip": "flow_dpmpp_2m is Sana's own Flow-DPM-Solver; flow_euler is plain Euler."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }}
+
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise):
+        validate_sampling(steps, cfg, denoise, shift)
+        shift = shift or model.info["variant"].default_shift
+        transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, cfg))
+        callback = bridge.step_callback(steps, principal_components_image)
+        with torch.inference_mode():
+            samples = sample_sana(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, denoise,
+                                  callback)
+        return ({"samples": samples.to(bridge.intermediate_device())},)
+
+
+NODE_CLASS_MAPPINGS = {"SanaTransformerLoader": SanaTransformerLoader, "SanaSampler": SanaSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"SanaTransformerLoader": "Load Sana Transformer", "SanaSampler": "Sana Sampler"}

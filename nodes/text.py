@@ -1,0 +1,67 @@
+"""Text encoder nodes: load Gemma-2 for Sana, encode prompts into CONDITIONING."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comfy_bridge as bridge
+from ..loaders.gemma import load_gemma_text_encoder
+from ..samplers.conditioning import make_conditioning
+from ..text.sana_prompt import encode_sana_prompt
+from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+
+FOLDERS = ("text_encoders",)
+
+
+class SanaTextEncoderLoader:
+    DESCRIPTION = ("Loads Gemma-2-2B-IT for Sana: an HF folder, a Comfy-Org single file (tokenizer inside), or a "
+                   "safetensors file with tokenizer.model beside it.")
+    CATEGORY = "Sana"
+    FUNCTION = "load"
+    RETURN_TYPES = ("SANA_TEXT_ENCODER",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, model_name, dtype):
+        path = resolve_model(FOLDERS, model_name)
+        weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float16, torch.float32])
+        encoder, tokenizer = load_gemma_text_encoder(path, weight_dtype)
+        return (bridge.ModelHandle(encoder, "text_encoder", family="sana", tokenizer=tokenizer),)
+
+
+class SanaTextEncode:
+    DESCRIPTION = ("Encodes the prompt with Sana's recipe (complex human instruction, 300-token window) and the "
+                   "negative prompt without it, as Sana was trained.")
+    CATEGORY = "Sana"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("SANA_TEXT_ENCODER",),
+            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": ""}),
+        }}
+
+    def encode(self, text_encoder, prompt, negative_prompt):
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise ValueError("prompt and negative_prompt must be text.")
+        encoder = text_encoder.load()
+        tokenizer = text_encoder.info["tokenizer"]
+        out = bridge.intermediate_device()
+        with torch.inference_mode():
+            positive = encode_sana_prompt(encoder, tokenizer, [prompt])
+            negative = encode_sana_prompt(encoder, tokenizer, [negative_prompt], negative=True)
+        return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
+
+
+NODE_CLASS_MAPPINGS = {"SanaTextEncoderLoader": SanaTextEncoderLoader, "SanaTextEncode": SanaTextEncode}
+NODE_DISPLAY_NAME_MAPPINGS = {"SanaTextEncoderLoader": "Load Sana Text Encoder (Gemma-2)",
+                              "SanaTextEncode": "Sana Text Encode"}

@@ -1,0 +1,71 @@
+"""The example workflows use this pack's nodes as they are declared: names, types, links, widget values."""
+
+import json
+import os
+
+import pytest
+
+import sana_wan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOWS = os.path.join(ROOT, "workflows")
+# ComfyUI core nodes the examples use, with their declared inputs and outputs.
+CORE = {
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, ()),
+    "PreviewImage": ({"images": "IMAGE"}, ()),
+}
+
+
+def _declared(class_type):
+    if class_type in CORE:
+        return CORE[class_type]
+    cls = sana_wan.NODE_CLASS_MAPPINGS[class_type]
+    spec = cls.INPUT_TYPES()
+    inputs = {**spec["required"], **spec.get("optional", {})}
+    types = {name: (value[0] if isinstance(value[0], str) else "COMBO") for name, value in inputs.items()}
+    return types, cls.RETURN_TYPES
+
+
+def _ui_files():
+    return sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    assert _ui_files(), "no example workflows"
+    for name in _ui_files():
+        assert os.path.isfile(os.path.join(WORKFLOWS, "api", name)), f"workflows/api/{name} is missing"
+
+
+@pytest.mark.parametrize("name", _ui_files())
+def test_api_workflow_matches_node_declarations(name):
+    graph = json.load(open(os.path.join(WORKFLOWS, "api", name)))
+    for node_id, node in graph.items():
+        inputs, _ = _declared(node["class_type"])
+        assert set(node["inputs"]) == set(inputs), f"node {node_id} {node['class_type']}"
+        for input_name, value in node["inputs"].items():
+            if isinstance(value, list):
+                source = graph[value[0]]
+                _, outputs = _declared(source["class_type"])
+                assert outputs[value[1]] == inputs[input_name], f"link into {node_id}.{input_name}"
+            elif inputs[input_name] == "COMBO":
+                options = {**sana_wan.NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES()["required"]}[input_name][0]
+                if options:
+                    assert value in options, f"{node_id}.{input_name}={value!r} not in {options}"
+
+
+@pytest.mark.parametrize("name", _ui_files())
+def test_ui_workflow_equals_its_api_twin(name):
+    ui = json.load(open(os.path.join(WORKFLOWS, name)))
+    api = json.load(open(os.path.join(WORKFLOWS, "api", name)))
+    links = {link[0]: link for link in ui["links"]}
+    assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
+    for node in ui["nodes"]:
+        twin = api[str(node["id"])]["inputs"]
+        for slot in node["inputs"]:
+            link = links[slot["link"]]
+            assert twin[slot["name"]] == [str(link[1]), link[2]], f"UI link into {node['id']}.{slot['name']}"
+        widget_names = [k for k in _declared(node["type"])[0] if not isinstance(twin[k], list)]
+        values = list(node["widgets_values"])
+        if "seed" in widget_names:  # the UI stores 'control after generate' right after the seed
+            values.pop(widget_names.index("seed") + 1)
+        assert values == [twin[k] for k in widget_names], f"widgets of node {node['id']} {node['type']}"
