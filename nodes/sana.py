@@ -63,8 +63,8 @@ class SanaSampler:
         }}
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise):
-        validate_sampling(steps, cfg, denoise, shift)
         shift = shift or model.info["variant"].default_shift
+        validate_sampling(steps, cfg, denoise, shift)
         transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, cfg))
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():

@@ -83,9 +83,12 @@ def tiny_sana_config(variant: str = "base") -> dict:
     return {**TINY_CONFIG, **VARIANTS[variant]}
 
 
-def tiny_sana_transformer(variant: str = "base", seed: int = 0) -> SanaTransformer2DModel:
-    """A 2-layer, 64-wide Sana of the given variant with every parameter random (zero-init layers included)."""
-    model = SanaTransformer2DModel(**tiny_sana_config(variant))
+def tiny_sana_transformer(variant: str = "base", seed: int = 0, **overrides) -> SanaTransformer2DModel:
+    """A 2-layer, 64-wide Sana of the given variant with every parameter random (zero-init layers included).
+
+    `overrides` change config fields, e.g. 32 latent channels and a caption width that fits a tiny text encoder.
+    """
+    model = SanaTransformer2DModel(**{**tiny_sana_config(variant), **overrides})
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
