@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import comfy_bridge as bridge
-from ..samplers.latents import SANA_BINS, empty_sana_latent, snap_to_bin
+from ..samplers.latents import SANA_BINS, SANA_STRIDE, check_image_size, empty_sana_latent, snap_to_bin
 
 
 class EmptySanaLatent:
@@ -23,6 +23,17 @@ class EmptySanaLatent:
                 "default": "off",
                 "tooltip": "Snap to the trained size with the nearest aspect ratio: 512, 1024, 2K or 4K models."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height):
+        """Refuse a size the DC-AE cannot produce at queue time (HTTP 400 with this node's error)."""
+        if width is None or height is None:  # linked inputs are only known at run time
+            return True
+        try:
+            check_image_size(width, height, SANA_STRIDE)
+        except ValueError as e:
+            return str(e)
+        return True
 
     def generate(self, width, height, batch_size, resolution_bin):
         if resolution_bin != "off":

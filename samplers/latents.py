@@ -25,8 +25,10 @@ def snap_to_bin(width: int, height: int, bin_name: str) -> tuple[int, int]:
     return binned_width, binned_height
 
 
-def check_image_size(width: int, height: int, stride: int) -> None:
+def check_image_size(width: int, height: int, stride: int, limit: int = 16384) -> None:
     for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or value > limit:
+            raise ValueError(f"{name} must be a whole number of pixels up to {limit}, got {value!r}.")
         if value <= 0 or value % stride:
             low = max(stride, value // stride * stride)
             raise ValueError(f"{name} {value} is not a multiple of {stride}; use {low} or {low + stride}.")

@@ -8,9 +8,7 @@ models. Same prompt, same seed's noise, same settings: the images must agree to 
 import pytest
 import torch
 from diffusers import SanaPipeline
-from tiny_dcae import tiny_dcae, write_dcae_layouts
-from tiny_gemma import tiny_gemma2, tokenizer_from_spm, train_spm_bytes, write_gemma_layouts
-from tiny_sana import tiny_sana_transformer, write_sana_layouts
+from tiny_models import tiny_sana_set, write_sana_files
 
 import sana_wan
 from sana_wan.samplers.noise import comfy_noise
@@ -24,20 +22,9 @@ WIDTH, HEIGHT, SEED = 96, 64, 1234
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("sana_models")
-    spm = train_spm_bytes()
-    tokenizer = tokenizer_from_spm(spm)
-    gemma = tiny_gemma2(len(tokenizer), seed=1)
-    transformer = tiny_sana_transformer("base", seed=2, in_channels=32, out_channels=32,
-                                        caption_channels=gemma.config.hidden_size)
-    vae = tiny_dcae(seed=3)
-    paths = {
-        "transformer": write_sana_layouts(transformer, str(directory / "sana"))["original_pth"],
-        "text_encoder": write_gemma_layouts(gemma, tokenizer, spm, str(directory / "gemma"))["comfy_single"],
-        "vae": write_dcae_layouts(vae, str(directory / "dcae"))["original"],
-    }
-    return {"tokenizer": tokenizer, "gemma": gemma.get_decoder(), "transformer": transformer, "vae": vae,
-            "paths": paths}
+    models = tiny_sana_set()
+    models["paths"] = write_sana_files(models, str(tmp_path_factory.mktemp("sana_models")))
+    return models
 
 
 def _run_nodes(paths, steps, cfg, solver):
@@ -52,7 +39,7 @@ def _run_nodes(paths, steps, cfg, solver):
 
 
 def _run_reference(models, steps, cfg, solver):
-    pipe = SanaPipeline(tokenizer=models["tokenizer"], text_encoder=models["gemma"], vae=models["vae"],
+    pipe = SanaPipeline(tokenizer=models["tokenizer"], text_encoder=models["gemma"].get_decoder(), vae=models["vae"],
                         transformer=models["transformer"], scheduler=make_scheduler(solver, 3.0))
     pipe.set_progress_bar_config(disable=True)
     noise = comfy_noise((1, 32, HEIGHT // 32, WIDTH // 32), SEED)
@@ -75,6 +62,8 @@ def test_nodes_equal_sana_pipeline(models, solver):
 def test_bad_inputs_are_clear_errors(models):
     with pytest.raises(ValueError, match="multiple of 32"):
         NODES["EmptySanaLatent"]().generate(1000, 1024, 1, "off")
+    assert "use 992 or 1024" in NODES["EmptySanaLatent"].VALIDATE_INPUTS(1000, 1024)
+    assert NODES["EmptySanaLatent"].VALIDATE_INPUTS(1024, 1024) is True
     (model,) = NODES["SanaTransformerLoader"]().load(models["paths"]["transformer"], "fp32")
     latent = {"samples": torch.zeros(1, 32, 2, 3)}
     for steps, cfg, message in ((0, 4.5, "steps"), (4, float("nan"), "cfg")):

@@ -1,0 +1,124 @@
+"""A real ComfyUI server with this pack, for the integration tests.
+
+Runs when COMFYUI_PATH (the ComfyUI checkout) and COMFYUI_PYTHON (its interpreter, with this pack's requirements
+installed) are set, e.g. by ../shared/tools/comfyui-harness.sh; otherwise every test here is skipped with the
+reason. The server listens on loopback only, loads only this pack, and reads tiny models from a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK_NAME = "comfyui-sana-wan"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, url: str, output_dir: str, log_path: str):
+        self.url, self.output_dir, self.log_path = url, output_dir, log_path
+
+    def get(self, route: str):
+        with urllib.request.urlopen(self.url + route, timeout=30) as response:
+            return response.read()
+
+    def get_json(self, route: str):
+        return json.loads(self.get(route))
+
+    def post_json(self, route: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def run_prompt(self, graph: dict, timeout: float = 300) -> dict:
+        """Queue an API-format graph and wait for its history entry."""
+        status, answer = self.post_json("/prompt", {"prompt": graph})
+        assert status == 200, answer
+        prompt_id = answer["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"]["status_str"] != "success" or not entry["status"]["completed"]:
+                    pytest.fail(f"prompt failed: {entry['status']['messages']}\n{self.log_tail()}")
+                return entry
+            time.sleep(0.5)
+        pytest.fail(f"prompt did not finish in {timeout} s\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def comfy_models_dir(tmp_path_factory):
+    from tiny_models import tiny_sana_set, write_comfy_model_folders
+
+    root = str(tmp_path_factory.mktemp("comfy_models"))
+    write_comfy_model_folders(tiny_sana_set(), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, comfy_models_dir):
+    comfy_path, comfy_python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON")
+    if not comfy_path or not comfy_python:
+        pytest.skip("COMFYUI_PATH / COMFYUI_PYTHON are not set: no real ComfyUI to run the integration tests in "
+                    "(set them up with ../shared/tools/comfyui-harness.sh setup ...).")
+    work = tmp_path_factory.mktemp("comfy_run")
+    custom_nodes = work / "custom_nodes"
+    custom_nodes.mkdir()
+    os.symlink(ROOT, custom_nodes / PACK_NAME)
+    output = work / "output"
+    config = work / "extra_model_paths.yaml"
+    config.write_text(
+        f"sana_wan_tests:\n  base_path: {comfy_models_dir}\n  diffusion_models: diffusion_models\n"
+        f"  text_encoders: text_encoders\n  vae: vae\n  custom_nodes: {custom_nodes}\n"
+    )
+    port = _free_port()
+    log_path = str(work / "server.log")
+    command = [comfy_python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--disable-auto-launch", "--extra-model-paths-config", str(config), "--output-directory", str(output),
+               "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, "--preview-method", "latent2rgb"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT)
+    server = ComfyServer(f"http://127.0.0.1:{port}", str(output), log_path)
+    try:
+        _wait_until_up(server, process)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_until_up(server: ComfyServer, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"ComfyUI exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            server.get("/system_stats")
+            return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"ComfyUI did not answer in {timeout} s:\n{server.log_tail()}")
