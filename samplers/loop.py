@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from .schedulers import SCHEDULES, comfy_simple_sigmas
 
 
 def validate_sampling(steps: int, cfg: float, denoise: float, shift: float) -> None:
@@ -28,13 +31,23 @@ class Schedule:
     from_noise: bool  # a full run starts from pure noise, as the reference pipelines do
 
 
-def prepare_schedule(scheduler, steps: int, denoise: float, device) -> Schedule:
-    """Run `steps` steps over the last part of a longer schedule when denoise < 1 (ComfyUI's meaning of denoise)."""
+def prepare_schedule(scheduler, steps: int, denoise: float, device, spacing: str = "default") -> Schedule:
+    """Run `steps` steps over the last part of a longer schedule when denoise < 1 (ComfyUI's meaning of denoise).
+
+    `spacing` "simple" places the noise levels as ComfyUI's `simple` scheduler does (flow Euler only: the other
+    diffusers solvers take no explicit sigmas).
+    """
     total = steps if denoise >= 1.0 else max(steps, int(round(steps / denoise)))
-    scheduler.set_timesteps(total, device=device)
+    if spacing == "simple":
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError("The 'simple' schedule is available with flow_euler only; use 'default' for this solver.")
+        scheduler.set_timesteps(sigmas=comfy_simple_sigmas(total).tolist(), device=device)
+    elif spacing == "default":
+        scheduler.set_timesteps(total, device=device)
+    else:
+        raise ValueError(f"Unknown schedule '{spacing}'; choose one of {SCHEDULES}.")
     start = total - steps
-    if start:
-        scheduler.set_begin_index(start)
+    scheduler.set_begin_index(start)
     return Schedule(scheduler.timesteps[start:], scheduler.sigmas[start:], from_noise=start == 0)
 
 

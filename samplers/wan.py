@@ -1,0 +1,91 @@
+"""Wan2.1 text-to-video sampling: the guided velocity of WanTransformer3DModel and the whole run."""
+
+from __future__ import annotations
+
+import torch
+
+from ..vae.wan import to_model_space, to_raw
+from .conditioning import conditioning_tensors, repeat_to_batch
+from .loop import StepCallback, prepare_schedule, sample_flow, start_latent
+from .noise import comfy_noise
+from .schedulers import make_scheduler
+
+
+def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
+    embeds, _ = conditioning_tensors(conditioning, name)
+    if embeds.shape[-1] != width:
+        raise ValueError(
+            f"The {name} conditioning has width {embeds.shape[-1]} but this Wan model expects {width} (UMT5-XXL); "
+            "encode the prompt with the Wan text encoder."
+        )
+    return repeat_to_batch(embeds, batch, name)
+
+
+def wan_velocity(transformer, positive, negative, cfg: float, batch: int):
+    """`predict(x, t)`: the flow velocity with classifier-free guidance, as WanPipeline computes it.
+
+    The reference runs cond and uncond as two forwards (no padding mask: prompts are zero-padded to 512 tokens,
+    as the model was trained), which also halves the peak activation memory of a video step.
+    """
+    use_cfg = cfg > 1.0
+    device, dtype = transformer.device, transformer.dtype
+    width = transformer.config.text_dim
+    cond = _embeds(positive, "positive", batch, width).to(device, dtype)
+    uncond = _embeds(negative, "negative", batch, width).to(device, dtype) if use_cfg else None
+
+    def forward(x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_in, timestep = x.to(dtype), t.expand(x.shape[0])
+        out = forward(x_in, timestep, cond)
+        if use_cfg:
+            out_uncond = forward(x_in, timestep, uncond)
+            out = out_uncond + cfg * (out - out_uncond)
+        return out.float()
+
+    return predict
+
+
+def check_wan_latent(samples: torch.Tensor, channels: int) -> None:
+    if samples.ndim != 5 or samples.shape[1] != channels:
+        raise ValueError(
+            f"The latent has shape {tuple(samples.shape)}; a Wan2.1 model needs [B, {channels}, (frames-1)/4+1, "
+            "H/8, W/8]. Use the Empty Wan Latent Video node or encode frames with the Wan VAE."
+        )
+
+
+def sample_wan(
+    transformer,
+    latent: dict,
+    positive,
+    negative,
+    seed: int,
+    steps: int,
+    cfg: float,
+    shift: float,
+    solver: str,
+    schedule: str = "default",
+    denoise: float = 1.0,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32)."""
+    samples = latent["samples"]
+    check_wan_latent(samples, transformer.config.in_channels)
+    device = transformer.device
+    noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
+    scheduler = make_scheduler(solver, shift)
+    plan = prepare_schedule(scheduler, steps, denoise, device, schedule)
+    x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
+    predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0])
+    return to_raw(sample_flow(predict, scheduler, plan, x, callback))
+
+
+def wan_memory_estimate(transformer, latent_shape) -> int:
+    """Bytes of activations for one forward: the FFN hidden state of every token, plus attention inputs, x2."""
+    config = transformer.config
+    patch = config.patch_size
+    tokens = latent_shape[0] * latent_shape[2] * (latent_shape[3] // patch[1]) * (latent_shape[4] // patch[2])
+    width = config.num_attention_heads * config.attention_head_dim
+    element = torch.finfo(transformer.dtype).bits // 8
+    return int(tokens * (config.ffn_dim + 4 * width) * element * 2)
