@@ -212,6 +212,27 @@ def model_dirs(folder: str) -> list[str]:
     return sorted(names)
 
 
+def output_file(prefix: str, width: int, height: int, extension: str) -> tuple[str, str, str]:
+    """(absolute path, file name, subfolder) for a new output file, numbered as SaveImage numbers its files.
+
+    ComfyUI refuses prefixes that escape its output folder; standalone files go to ./output.
+    """
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        root = os.path.abspath("output")
+        os.makedirs(root, exist_ok=True)
+        index = len(os.listdir(root))
+        name = f"{os.path.basename(prefix)}_{index:05}_.{extension}"
+        return os.path.join(root, name), name, ""
+    try:
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+            prefix, folder_paths.get_output_directory(), width, height)
+    except Exception as e:  # ComfyUI raises a bare Exception for prefixes outside the output folder
+        raise ValueError(f"filename_prefix '{prefix}': {e}") from e
+    name = f"{filename}_{counter:05}_.{extension}"
+    return os.path.join(folder, name), name, subfolder
+
+
 def resolve_model_path(folder: str, name: str) -> str:
     """Absolute path of a file or folder the user picked from a model folder.
 

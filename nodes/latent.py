@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from .. import comfy_bridge as bridge
-from ..samplers.latents import SANA_BINS, SANA_STRIDE, check_image_size, empty_sana_latent, snap_to_bin
+from ..samplers.latents import (
+    SANA_BINS, SANA_STRIDE, WAN_STRIDE, check_frame_count, check_image_size, empty_sana_latent, empty_wan_latent,
+    snap_to_bin,
+)
 
 
 class EmptySanaLatent:
@@ -42,5 +45,36 @@ class EmptySanaLatent:
         return ({"samples": samples}, width, height)
 
 
-NODE_CLASS_MAPPINGS = {"EmptySanaLatent": EmptySanaLatent}
-NODE_DISPLAY_NAME_MAPPINGS = {"EmptySanaLatent": "Empty Sana Latent"}
+class EmptyWanLatentVideo:
+    DESCRIPTION = "An empty Wan2.1 video latent [B, 16, (length-1)/4+1, H/8, W/8]; 832x480 and 81 frames is 5 s at 16 fps."
+    CATEGORY = "Wan"
+    FUNCTION = "generate"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+            "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "Frames: 4n+1."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 16}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height, length):
+        """Refuse sizes and frame counts the Wan VAE and transformer cannot take, at queue time."""
+        try:
+            if width is not None and height is not None:
+                check_image_size(width, height, WAN_STRIDE)
+            if length is not None:
+                check_frame_count(length)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    def generate(self, width, height, length, batch_size):
+        return ({"samples": empty_wan_latent(width, height, length, batch_size).to(bridge.intermediate_device())},)
+
+
+NODE_CLASS_MAPPINGS = {"EmptySanaLatent": EmptySanaLatent, "EmptyWanLatentVideo": EmptyWanLatentVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmptySanaLatent": "Empty Sana Latent", "EmptyWanLatentVideo": "Empty Wan Latent Video"}

@@ -39,3 +39,22 @@ def empty_sana_latent(width: int, height: int, batch_size: int) -> torch.Tensor:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     return torch.zeros(batch_size, SANA_LATENT_CHANNELS, height // SANA_STRIDE, width // SANA_STRIDE)
+
+
+WAN_STRIDE = 16  # the VAE's 8 x the transformer's 2x2 patches
+WAN_LATENT_CHANNELS = 16
+
+
+def check_frame_count(frames: int) -> None:
+    """Wan's VAE compresses time 4x after the first frame: a video has 4n+1 frames."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
+        low = max(1, (int(frames) - 1) // 4 * 4 + 1) if isinstance(frames, int) else 81
+        raise ValueError(f"length {frames} is not 4n+1 frames; use {low} or {low + 4}.")
+
+
+def empty_wan_latent(width: int, height: int, frames: int, batch_size: int) -> torch.Tensor:
+    check_image_size(width, height, WAN_STRIDE)
+    check_frame_count(frames)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    return torch.zeros(batch_size, WAN_LATENT_CHANNELS, (frames - 1) // 4 + 1, height // 8, width // 8)

@@ -9,21 +9,26 @@ import sana_wan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = os.path.join(ROOT, "workflows")
-# ComfyUI core nodes the examples use, with their declared inputs and outputs.
+# ComfyUI core nodes the examples use: (required inputs, optional inputs, outputs), as ComfyUI 0.3.64 declares them.
 CORE = {
-    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, ()),
-    "PreviewImage": ({"images": "IMAGE"}, ()),
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, {}, ()),
+    "CreateVideo": ({"images": "IMAGE", "fps": "FLOAT"}, {"audio": "AUDIO"}, ("VIDEO",)),
+    "SaveVideo": ({"video": "VIDEO", "filename_prefix": "STRING", "format": "COMBO", "codec": "COMBO"}, {}, ()),
 }
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def _declared(class_type):
+    """(required, optional, outputs) with input name -> type ('COMBO' for lists of choices)."""
     if class_type in CORE:
         return CORE[class_type]
     cls = sana_wan.NODE_CLASS_MAPPINGS[class_type]
     spec = cls.INPUT_TYPES()
-    inputs = {**spec["required"], **spec.get("optional", {})}
-    types = {name: (value[0] if isinstance(value[0], str) else "COMBO") for name, value in inputs.items()}
-    return types, cls.RETURN_TYPES
+
+    def types(section):
+        return {name: (v[0] if isinstance(v[0], str) else "COMBO") for name, v in spec.get(section, {}).items()}
+
+    return types("required"), types("optional"), cls.RETURN_TYPES
 
 
 def _ui_files():
@@ -40,12 +45,13 @@ def test_every_ui_workflow_has_an_api_twin():
 def test_api_workflow_matches_node_declarations(name):
     graph = json.load(open(os.path.join(WORKFLOWS, "api", name)))
     for node_id, node in graph.items():
-        inputs, _ = _declared(node["class_type"])
-        assert set(node["inputs"]) == set(inputs), f"node {node_id} {node['class_type']}"
+        required, optional, _ = _declared(node["class_type"])
+        inputs = {**required, **optional}
+        assert set(required) <= set(node["inputs"]) <= set(inputs), f"node {node_id} {node['class_type']}"
         for input_name, value in node["inputs"].items():
             if isinstance(value, list):
                 source = graph[value[0]]
-                _, outputs = _declared(source["class_type"])
+                outputs = _declared(source["class_type"])[2]
                 assert outputs[value[1]] == inputs[input_name], f"link into {node_id}.{input_name}"
             elif inputs[input_name] == "COMBO":
                 options = {**sana_wan.NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES()["required"]}[input_name][0]
@@ -64,8 +70,13 @@ def test_ui_workflow_equals_its_api_twin(name):
         for slot in node["inputs"]:
             link = links[slot["link"]]
             assert twin[slot["name"]] == [str(link[1]), link[2]], f"UI link into {node['id']}.{slot['name']}"
-        widget_names = [k for k in _declared(node["type"])[0] if not isinstance(twin[k], list)]
+        required, optional, _ = _declared(node["type"])
+        # Every widget keeps its slot in widgets_values, also when a link feeds it; optional widgets too.
+        widget_names = [k for k, t in {**required, **optional}.items() if t in WIDGET_TYPES]
         values = list(node["widgets_values"])
         if "seed" in widget_names:  # the UI stores 'control after generate' right after the seed
             values.pop(widget_names.index("seed") + 1)
-        assert values == [twin[k] for k in widget_names], f"widgets of node {node['id']} {node['type']}"
+        assert len(values) == len(widget_names), f"widgets of node {node['id']} {node['type']}"
+        for name, value in zip(widget_names, values):
+            if name in twin and not isinstance(twin[name], list):
+                assert value == twin[name], f"widget {name} of node {node['id']} {node['type']}"

@@ -1,0 +1,1 @@
+"""Video files: frames to H.264 MP4 with PyAV."""
