@@ -14,7 +14,9 @@ _SIGNATURES = [
     ("Stable Diffusion / SDXL / Flux VAE", ("decoder.mid.block_1.conv1.weight", "decoder.conv_norm_out.weight")),
     ("DC-AE VAE", ("decoder.project_out.op_list.0.weight", "decoder.norm_out.weight", "decoder.conv_in.weight")),
     ("Gemma-2 text encoder", ("model.layers.0.pre_feedforward_layernorm.weight", "layers.0.pre_feedforward_layernorm.weight")),
-    ("UMT5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.0.pos_embedding.embedding.weight")),
+    # umT5 has a relative position bias in every block; T5 v1.1 (Flux / SD3 t5xxl) only in block 0.
+    ("UMT5 text encoder", ("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.1.pos_embedding.embedding.weight")),
+    ("T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",)),
     ("Stable Diffusion / SDXL UNet", ("model.diffusion_model.input_blocks.0.0.weight", "input_blocks.0.0.weight")),
     ("Flux transformer", ("double_blocks.0.img_attn.qkv.weight",)),
 ]

@@ -121,6 +121,7 @@ def test_real_gemma2_2b_layout_on_meta(manifests_dir):
 def test_umt5_file_is_refused_by_name(tmp_path):
     path = str(tmp_path / "umt5-xxl-enc.safetensors")
     save_file({"encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": torch.zeros(32, 4),
+               "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight": torch.zeros(32, 4),
                "shared.weight": torch.zeros(10, 4)}, path)
     with pytest.raises(ValueError, match="UMT5"):
         load_gemma_text_encoder(path)
