@@ -1,0 +1,327 @@
+"""Wan2.1 transformer files (Wan-AI / Comfy-Org originals, plain and ComfyUI scaled fp8, diffusers) ->
+`WanTransformer3DModel`.
+
+The architecture is read from the tensors themselves, never from the file name: users rename files, and one loader
+node must take the 1.3B and 14B text-to-video and the 14B image-to-video models in every layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from math import prod
+
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+from .checkpoint import (
+    checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
+)
+from .detect import detect_family
+
+DIFFUSERS_STEM = "diffusion_pytorch_model"
+_FILE_PREFIXES = ("model.diffusion_model.",)
+
+# Wan's heads are always 128 channels wide; ComfyUI infers num_heads = dim // 128 the same way.
+_HEAD_DIM = 128
+# Wan2.1 latents have 16 channels; the image-to-video models add 4 mask and 16 image-latent channels.
+_LATENT_CHANNELS = 16
+_I2V_IN_CHANNELS = 36
+_WAN22_LATENT_CHANNELS = 48
+
+# ComfyUI's scaled fp8: a `scaled_fp8` marker tensor, Linear layers held in fp8 (biases too, unscaled) and a float32
+# `<layer>.scale_weight` each (`<layer>.scale_input` only serves fp8 matmuls of the activations, so it is dropped).
+_SCALED_FP8_MARKER = "scaled_fp8"
+_SCALE_WEIGHT = ".scale_weight"
+_SCALE_SUFFIXES = (_SCALE_WEIGHT, ".scale_input")
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FP8_COMPUTE_DTYPE = torch.bfloat16
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# diffusers' `convert_wan_transformer_to_diffusers` maps every Wan2.1 T2V / I2V key but not the image position
+# embedding of the first-last-frame (FLF2V) model, which it leaves under its original name.
+_CONVERTER_GAPS = {"img_emb.emb_pos": "condition_embedder.image_embedder.pos_embed"}
+
+# Add-ons that ComfyUI's own detection knows and that `WanTransformer3DModel` cannot hold: key prefix -> what it is.
+_EXTENSIONS = {
+    "vace_": "Wan VACE", "control_adapter.": "Wan Fun-Camera", "casual_audio_encoder.": "Wan2.2 S2V",
+    "audio_proj.": "Wan HuMo", "face_adapter.": "Wan2.2 Animate", "ref_conv.": "Wan Fun reference-image",
+}
+
+# role -> diffusers-layout key pattern, matched in full (original files are renamed first).
+_ROLES = {
+    "patch": r"patch_embedding\.weight",
+    "out": r"proj_out\.weight",
+    "text": r"condition_embedder\.text_embedder\.linear_1\.weight",
+    "time": r"condition_embedder\.time_embedder\.linear_1\.weight",
+    "ffn": r"blocks\.\d+\.ffn\.net\.0\.proj\.weight",
+    "qk_norm": r"blocks\.\d+\.attn1\.norm_q\.weight",
+    "cross_attn_norm": r"blocks\.\d+\.norm2\.weight",
+    "image": r"condition_embedder\.image_embedder\.norm1\.weight",
+    "image_pos": r"condition_embedder\.image_embedder\.pos_embed",
+    "added_kv": r"blocks\.\d+\.attn2\.add_k_proj\.weight",
+    "block": r"blocks\.(\d+)\..+",
+}
+
+_SIZES = {(1536, 30): "1.3B", (5120, 40): "14B"}
+
+
+@dataclass(frozen=True)
+class WanVariant:
+    """What the sampler and the UI need to know about a loaded Wan transformer beyond its weights."""
+
+    name: str
+    default_shift: float
+    default_cfg: float
+    default_steps: int
+    is_i2v: bool
+    latent_channels: int
+
+
+def load_wan_transformer(path: str, dtype: torch.dtype | None = None) -> tuple[WanTransformer3DModel, WanVariant]:
+    """A Wan2.1 transformer from a checkpoint file or a diffusers (model or pipeline) folder.
+
+    `dtype` None keeps the dtype that most of the file's weights have (bf16 for fp8 files); otherwise every floating
+    tensor is cast. Either way the modules diffusers keeps in float32 (time embedder, modulation tables, affine
+    norms) stay float32 when the dtype is a half type, as `WanTransformer3DModel.from_pretrained` does.
+    """
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"A Wan transformer is computed in float32, float16 or bfloat16, not {dtype}.")
+    if os.path.isdir(path):
+        config, state_dict, original = _read_folder(path)
+    else:
+        config, state_dict, original = _read_file(path)
+    state_dict = _to_model_tensors(state_dict, original, dtype)
+    model = _build_model(config, state_dict, os.path.basename(os.path.normpath(path)))
+    return model, wan_variant(dict(model.config))
+
+
+def wan_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """The `WanTransformer3DModel` config of a state dict (original or diffusers layout), from key shapes alone."""
+    if _is_original(shapes):
+        shapes = {k: tuple(v.shape) for k, v in convert_original_to_diffusers(_meta(shapes)).items()}
+    width, in_channels, *patch_size = _require(shapes, "patch")
+    if width % _HEAD_DIM:
+        raise ValueError(f"Unknown Wan width {width}: not a multiple of Wan's {_HEAD_DIM}-channel attention heads.")
+    image, image_pos, added_kv = (_find(shapes, _ROLES[role]) for role in ("image", "image_pos", "added_kv"))
+    return {
+        "patch_size": tuple(patch_size),
+        "num_attention_heads": width // _HEAD_DIM,
+        "attention_head_dim": _HEAD_DIM,
+        "in_channels": in_channels,
+        "out_channels": _require(shapes, "out")[0] // prod(patch_size),
+        "text_dim": _require(shapes, "text")[1],
+        "freq_dim": _require(shapes, "time")[1],
+        "ffn_dim": _require(shapes, "ffn")[0],
+        "num_layers": _num_layers(shapes),
+        "cross_attn_norm": _find(shapes, _ROLES["cross_attn_norm"]) is not None,
+        "qk_norm": "rms_norm_across_heads" if _find(shapes, _ROLES["qk_norm"]) is not None else None,
+        "eps": 1e-6,
+        "image_dim": image[0] if image else None,
+        "added_kv_proj_dim": added_kv[1] if added_kv else None,
+        "pos_embed_seq_len": image_pos[1] if image_pos else None,
+    }
+
+
+def convert_original_to_diffusers(state_dict: dict) -> dict:
+    """Original Wan keys -> diffusers keys (diffusers' converter plus the FLF2V gap); works on meta tensors.
+
+    Keys the map does not know keep a (partly renamed) name of their own, so the strict key check reports them.
+    """
+    gaps = {new: state_dict[old] for old, new in _CONVERTER_GAPS.items() if old in state_dict}
+    rest = {k: v for k, v in state_dict.items() if k not in _CONVERTER_GAPS}
+    return {**convert_wan_transformer_to_diffusers(rest), **gaps}
+
+
+def dequantise_fp8(state_dict: dict, dtype: torch.dtype) -> dict:
+    """fp8 tensors -> `dtype`, exactly as ComfyUI's scaled-fp8 ops compute them: `weight.to(dtype) *
+    scale_weight.to(dtype)`, fp8 biases and unscaled weights (ComfyUI's default scale is 1) cast. The marker and the
+    scale tensors are consumed; other tensors pass through untouched.
+    """
+    scales = {k[: -len(_SCALE_WEIGHT)]: v for k, v in state_dict.items() if k.endswith(_SCALE_WEIGHT)}
+    result = {}
+    for key, tensor in state_dict.items():
+        if key == _SCALED_FP8_MARKER or key.endswith(_SCALE_SUFFIXES):
+            continue
+        scale = scales.get(key[: -len(".weight")]) if key.endswith(".weight") else None
+        if scale is not None:
+            tensor = tensor.to(dtype) * scale.to(dtype)
+        elif tensor.dtype in _FP8_DTYPES:
+            tensor = tensor.to(dtype)
+        result[key] = tensor
+    return result
+
+
+def wan_variant(config: dict) -> WanVariant:
+    """Name and sampling defaults: the Wan README runs the 1.3B at shift 8 and cfg 6 (480p), the rest at 5 and 5."""
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    size = _SIZES.get((width, config["num_layers"]))
+    is_i2v = config.get("image_dim") is not None
+    task = "FLF2V" if config.get("pos_embed_seq_len") else "I2V" if is_i2v else "T2V"
+    layers = config["num_layers"]
+    name = f"Wan2.1 {task} {size}" if size else f"Wan2.1-like {task} transformer ({width} wide, {layers} layers)"
+    small = size == "1.3B"
+    return WanVariant(
+        name=name, default_shift=8.0 if small else 5.0, default_cfg=6.0 if small else 5.0, default_steps=50,
+        is_i2v=is_i2v, latent_channels=config["out_channels"],
+    )
+
+
+def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
+    """Config and raw weights of one checkpoint file; family and Wan2.1 fit are checked from the header first."""
+    name = os.path.basename(path)
+    shapes = {k: shape for k, (shape, _) in strip_prefix(checkpoint_keys(path), _FILE_PREFIXES).items()}
+    original = _require_wan(shapes, name)
+    config = wan_config_from_shapes(shapes)
+    _require_wan21(config, name)
+    return config, strip_prefix(load_state_dict(path), _FILE_PREFIXES), original
+
+
+def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
+    """A diffusers model folder, the `transformer/` folder of a pipeline, or a Wan-AI release folder.
+
+    Wan-AI folders hold original-layout weights beside a config.json of their own `WanModel` class, so for them
+    (and for folders without config.json) the config comes from the shapes.
+    """
+    if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isdir(os.path.join(folder, "transformer")):
+        if os.path.isdir(os.path.join(folder, "transformer_2")):
+            raise ValueError(
+                f"'{os.path.basename(os.path.normpath(folder))}' is a Wan2.2 A14B pipeline (two expert transformers); "
+                f"this loader takes Wan2.1 models."
+            )
+        folder = os.path.join(folder, "transformer")
+    name = os.path.basename(os.path.normpath(folder))
+    files = weight_files_in_folder(folder, DIFFUSERS_STEM)
+    shapes = {k: shape for f in files for k, (shape, _) in checkpoint_keys(f).items()}
+    original = _require_wan(shapes, name)
+    config_path = os.path.join(folder, "config.json")
+    if original or not os.path.isfile(config_path):
+        config = wan_config_from_shapes(shapes)
+    else:
+        config = read_json(config_path)
+        class_name = config.get("_class_name", WanTransformer3DModel.__name__)
+        if class_name != WanTransformer3DModel.__name__:
+            raise ValueError(f"'{name}' holds a {class_name}, not a WanTransformer3DModel.")
+    _require_wan21(config, name)
+    return config, load_folder_state_dict(folder, DIFFUSERS_STEM), original
+
+
+def _require_wan(shapes: dict, name: str) -> bool:
+    """Refuse other model families and Wan add-ons by name; True for the original layout, False for diffusers."""
+    family = detect_family(shapes)
+    if family == "unknown model":
+        raise ValueError(f"'{name}' is not a Wan transformer: its tensor names match no known model.")
+    if not family.startswith("Wan transformer"):
+        raise ValueError(f"'{name}' is a {family}, not a Wan transformer; load it with the matching loader.")
+    for prefix, what in _EXTENSIONS.items():
+        if any(key.startswith(prefix) for key in shapes):
+            raise ValueError(
+                f"'{name}' is a {what} transformer; this loader takes plain Wan2.1 text- and image-to-video models."
+            )
+    return family.endswith("(original layout)")
+
+
+def _require_wan21(config: dict, name: str) -> None:
+    """Wan2.1 reads 16-channel latents (T2V) or those plus 4 mask and 16 image channels with CLIP features (I2V)."""
+    in_channels, out_channels, image = config["in_channels"], config["out_channels"], config.get("image_dim")
+    if out_channels == _WAN22_LATENT_CHANNELS:
+        what = "a Wan2.2 TI2V 5B transformer (48-channel latents of the Wan2.2 VAE)"
+    elif in_channels == _I2V_IN_CHANNELS and image is None:
+        what = "a Wan2.2 image-to-video transformer (36 input channels but no CLIP image embedder)"
+    elif (in_channels, out_channels) != (_I2V_IN_CHANNELS if image else _LATENT_CHANNELS, _LATENT_CHANNELS):
+        extra = " and a CLIP image embedder" if image else ""
+        what = f"a Wan-like transformer with {in_channels} input and {out_channels} output channels{extra}"
+    else:
+        return
+    raise ValueError(f"'{name}' is {what}, not a Wan2.1 text- or image-to-video model; this loader takes Wan2.1 only.")
+
+
+def _to_model_tensors(state_dict: dict, original: bool, dtype: torch.dtype | None) -> dict:
+    """Dequantise, rename to the diffusers layout, cast (float32 where diffusers keeps a module in float32)."""
+    dtype = dtype or _default_dtype(state_dict)
+    state_dict = dequantise_fp8(state_dict, dtype)
+    if original:
+        state_dict = convert_original_to_diffusers(state_dict)
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    return {
+        k: v.to(torch.float32 if any(m in k.split(".") for m in keep) else dtype) if v.is_floating_point() else v
+        for k, v in state_dict.items()
+    }
+
+
+def _build_model(config: dict, state_dict: dict, name: str) -> WanTransformer3DModel:
+    """Build on the meta device and adopt the loaded tensors (assign=True), so the weights exist only once."""
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(config)
+    _check_keys(model.state_dict(), state_dict, name)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    _materialise_rope(model)
+    return model.eval()
+
+
+def _materialise_rope(model: WanTransformer3DModel) -> None:
+    """The RoPE tables are non-persistent buffers, never in a file: compute them as the constructor does (float32)."""
+    rope = model.rope
+    model.rope = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+
+
+def _check_keys(expected: dict, state_dict: dict, name: str) -> None:
+    """A ValueError naming what does not fit, instead of torch's wall of text (or a model with holes)."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} {len(keys)} tensor(s): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)) if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"'{name}' does not fit the Wan transformer its shapes describe ({'; '.join(problems)}; names in "
+            f"diffusers layout). The file is incomplete or a Wan variant this loader does not know."
+        )
+
+
+def _default_dtype(state_dict: dict) -> torch.dtype:
+    """The floating dtype holding most of the parameters; fp8 files are computed in bf16, as ComfyUI does."""
+    counts = Counter()
+    for tensor in state_dict.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] += tensor.numel()
+    main = counts.most_common(1)[0][0] if counts else torch.float32
+    return _FP8_COMPUTE_DTYPE if main in _FP8_DTYPES else main
+
+
+def _is_original(keys) -> bool:
+    """Only the original layout has the `head.` module (diffusers calls it proj_out / scale_shift_table)."""
+    return any(key.startswith("head.") for key in keys)
+
+
+def _meta(shapes: dict) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+def _find(shapes: dict, pattern: str) -> tuple[int, ...] | None:
+    return next((tuple(shape) for key, shape in shapes.items() if re.fullmatch(pattern, key)), None)
+
+
+def _require(shapes: dict, role: str) -> tuple[int, ...]:
+    shape = _find(shapes, _ROLES[role])
+    if shape is None:
+        readable = _ROLES[role].replace("\\d+", "N").replace("\\", "")
+        raise ValueError(f"Not a complete Wan transformer: no tensor '{readable}' (diffusers name).")
+    return shape
+
+
+def _num_layers(shapes: dict) -> int:
+    """Highest block index + 1, so a file missing a whole block shows up as missing keys, not as a shallower model."""
+    indices = [int(m[1]) for m in (re.fullmatch(_ROLES["block"], key) for key in shapes) if m]
+    if not indices:
+        raise ValueError("Not a complete Wan transformer: it has no transformer blocks.")
+    return max(indices) + 1
