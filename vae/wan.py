@@ -1,0 +1,198 @@
+"""Wan2.1 VAE latents <-> video frames, and the latent normalisation the Wan transformer works in.
+
+Two latent spaces, both [B, 16, T, H/8, W/8] with T = (frames - 1) / 4 + 1:
+- raw: what `AutoencoderKLWan.encode` gives (the posterior mean) and `decode` takes. LATENT holds raw latents, as
+  ComfyUI's does (its `latent_formats.Wan21` normalises inside the model), so a latent made here decodes with
+  ComfyUI's native VAE Decode and the reverse.
+- model space: per channel (raw - mean) / std, what the transformer denoises. diffusers' WanPipeline samples there
+  and un-normalises right before decoding (`latents / (1 / std) + mean`); `to_raw` and `to_model_space` are its
+  formulas, written its way so the results are bit-identical.
+
+The decoder is causal and runs one latent frame at a time with a feature cache (diffusers' `_decode`), so its
+activations are one latent frame's (4 video frames) whatever the frame count; spatial tiles (diffusers' own
+`tiled_decode`, switched on for one call) bound them for large frames. Frames are ComfyUI's IMAGE: [F, H, W, 3]
+float32 in 0..1 on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from diffusers import AutoencoderKLWan
+
+# Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
+# equal to ComfyUI's latent_formats.Wan21 and to the original wan/modules/vae.py.
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+TILE_MODES = ("auto", "on", "off")
+
+# Every attribute `enable_tiling` writes, so one call's tiling never leaks into the next.
+_TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+                 "tile_sample_stride_width")
+
+Progress = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------- normalisation
+
+
+def wan_latent_mean_std(vae_config: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as float32 [1, C, 1, 1, 1]: the VAE config's `latents_mean` / `latents_std`, else Wan2.1's."""
+    mean = vae_config["latents_mean"] if vae_config else WAN21_LATENTS_MEAN
+    std = vae_config["latents_std"] if vae_config else WAN21_LATENTS_STD
+    return torch.tensor(mean).view(1, -1, 1, 1, 1), torch.tensor(std).view(1, -1, 1, 1, 1)
+
+
+def to_model_space(raw: torch.Tensor, vae_config: Mapping | None = None) -> torch.Tensor:
+    """Raw VAE latents -> the transformer's space, as WanVideoToVideoPipeline: (raw - mean) * (1 / std)."""
+    mean, std_inv = _mean_and_std_inv(raw, vae_config)
+    return (raw - mean) * std_inv
+
+
+def to_raw(model_latents: torch.Tensor, vae_config: Mapping | None = None) -> torch.Tensor:
+    """The transformer's latents -> raw VAE latents, as WanPipeline before decoding: latents / (1 / std) + mean."""
+    mean, std_inv = _mean_and_std_inv(model_latents, vae_config)
+    return model_latents / std_inv + mean
+
+
+def _mean_and_std_inv(like: torch.Tensor, vae_config: Mapping | None) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = wan_latent_mean_std(vae_config)
+    # The pipelines cast the statistics to the latents' dtype first, then take the reciprocal.
+    return mean.to(like.device, like.dtype), 1.0 / std.to(like.device, like.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- decode / encode
+
+
+def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto", tile_size: int = 256,
+               tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
+    """Raw latents [B, 16, T, h, w] -> IMAGE frames [B*F, 8h, 8w, 3] with F = 4(T-1)+1, the videos one after another.
+
+    `tile`: "off" decodes each frame whole (exact: equals WanPipeline's output); "on" decodes in `tile_size` pixel
+    tiles overlapping by `tile_overlap` pixels, blended linearly; "auto" tiles only frames larger than `tile_size`
+    in either dimension, because a whole frame's activations grow with its pixel count while a tile's do not.
+    "on" and "auto" give the same frames: diffusers never splits a frame that fits in one tile. Tiled frames differ
+    slightly from whole ones (the middle block's attention and the convolutions' borders see one tile), and the
+    decoded tiles of the whole video stay on the VAE's device until diffusers blends them.
+    `progress(done, total)` is called after each video.
+    """
+    _check_latents(vae, latents)
+    ratio = vae.spatial_compression_ratio
+    tiled = _wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    with _tiling(vae, tiled, tile_size, tile_overlap):
+        return _one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+
+def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", tile_size: int = 256,
+               tile_overlap: int = 64) -> torch.Tensor:
+    """IMAGE frames [F, H, W, 3] in 0..1 (F = 4n+1) -> raw latents [1, 16, n+1, H/8, W/8] float32 on the CPU.
+
+    The posterior mean, as WanVideoToVideoPipeline (`sample_mode="argmax"`) and ComfyUI's VAE Encode take it.
+    Tiling as in `decode_wan`, blended in latent space by diffusers' `tiled_encode`.
+    """
+    _check_frames(vae, frames)
+    ratio = vae.spatial_compression_ratio
+    tiled = _wants_tiling(tile, max(frames.shape[1:3]), tile_size, tile_overlap, ratio)
+    param = next(vae.parameters())
+    # As diffusers' VideoProcessor.preprocess_video: 0..1 -> -1..1 in float32, channels first, one video.
+    pixels = (frames.permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1).to(param.device, param.dtype)
+    with _tiling(vae, tiled, tile_size, tile_overlap), torch.no_grad():
+        return vae.encode(pixels).latent_dist.mode().float().cpu()
+
+
+def _decode_one(vae: AutoencoderKLWan, latent: torch.Tensor) -> torch.Tensor:
+    param = next(vae.parameters())
+    with torch.no_grad():
+        video = vae.decode(latent.to(param.device, param.dtype)).sample
+    # As diffusers' VideoProcessor.postprocess_video(output_type="pt"): x * 0.5 + 0.5 clamped to 0..1, in float32
+    # whatever the VAE's dtype; moved off the device first so the float32 copy costs no device memory, and in
+    # place because a whole video is hundreds of MB (81 frames at 832x480: 388 MB).
+    video = video.to("cpu", torch.float32)
+    return video.mul_(0.5).add_(0.5).clamp_(0, 1)[0].permute(1, 2, 3, 0)
+
+
+def _one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                   progress: Progress | None) -> torch.Tensor:
+    """Bound memory to one video's activations, whatever the batch size."""
+    results = []
+    for index, item in enumerate(batch.split(1)):
+        results.append(fn(item))
+        if progress is not None:
+            progress(index + 1, batch.shape[0])
+    return torch.cat(results)
+
+
+@contextmanager
+def _tiling(vae: AutoencoderKLWan, enabled: bool, tile_size: int, tile_overlap: int) -> Iterator[None]:
+    saved = {name: getattr(vae, name) for name in _TILING_STATE}
+    try:
+        if enabled:
+            stride = tile_size - tile_overlap
+            vae.enable_tiling(tile_size, tile_size, stride, stride)
+        else:
+            vae.disable_tiling()
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+
+
+def _wants_tiling(tile: str, frame_size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
+    if tile not in TILE_MODES:
+        raise ValueError(f"tile must be one of {TILE_MODES}, got {tile!r}.")
+    # diffusers steps through the latent by stride // 8: a stride off the latent grid would misplace the tiles.
+    if tile_size < ratio or tile_size % ratio or tile_overlap % ratio or not 0 <= tile_overlap < tile_size:
+        raise ValueError(
+            f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must be multiples of {ratio} pixels (one "
+            f"latent cell), with 0 <= tile_overlap < tile_size."
+        )
+    return tile == "on" or (tile == "auto" and frame_size > tile_size)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _check_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> None:
+    if latents.ndim != 5 or latents.numel() == 0:
+        image = " (an image latent: decode it with its image VAE)" if latents.ndim == 4 else ""
+        raise ValueError(f"expected a video latent [B, C, T, H, W], got shape {tuple(latents.shape)}{image}.")
+    channels, expected = latents.shape[1], vae.config.z_dim
+    if channels != expected:
+        origin = "the Wan2.2 VAE (Wan2.2-TI2V-5B)" if channels == 48 else "another model"
+        raise ValueError(
+            f"latent has {channels} channels, this Wan VAE expects {expected}: the latent comes from {origin}; "
+            f"decode it with that model's VAE, or sample it with a Wan2.1 model."
+        )
+    if not torch.isfinite(latents).all():
+        raise ValueError("The latent contains NaN or infinite values: sampling diverged (e.g. fp16 overflow or a "
+                         "too high guidance scale); nothing to decode.")
+
+
+def _check_frames(vae: AutoencoderKLWan, frames: torch.Tensor) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.numel() == 0:
+        raise ValueError(f"expected IMAGE frames [F, H, W, 3], got shape {tuple(frames.shape)}.")
+    count, height, width = frames.shape[:3]
+    step = vae.config.scale_factor_temporal
+    if count % step != 1:
+        below = count - (count - 1) % step
+        raise ValueError(
+            f"The video has {count} frames; the Wan VAE needs {step}n+1 frames: trim it to {below} or extend it to "
+            f"{below + step}."
+        )
+    ratio = vae.spatial_compression_ratio
+    if height % ratio or width % ratio:
+        raise ValueError(
+            f"The video is {width}x{height}; the Wan VAE needs width and height that are multiples of {ratio}: "
+            f"resize or crop it to {_nearest(width, ratio)}x{_nearest(height, ratio)}."
+        )
+    if not torch.isfinite(frames).all():
+        raise ValueError("The frames contain NaN or infinite values; nothing to encode.")
+
+
+def _nearest(size: int, ratio: int) -> int:
+    return max(ratio, round(size / ratio) * ratio)
