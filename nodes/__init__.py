@@ -1,9 +1,9 @@
 """Node registry: every node module contributes its classes and display names here."""
 
-from . import decode, latent, sana, text
+from . import decode, latent, sana, text, video, wan
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (sana, text, latent, decode):
+for _module in (sana, wan, text, latent, decode, video):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

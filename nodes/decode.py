@@ -6,7 +6,10 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.dcae import load_dcae
+from ..loaders.wan_vae import load_wan_vae
+from ..samplers.latents import check_frame_count
 from ..vae.dcae import decode_dcae, encode_dcae
+from ..vae.wan import decode_wan, encode_wan
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 
 FOLDERS = ("vae",)
@@ -72,6 +75,72 @@ class DCAEEncode:
         return ({"samples": latents.to(bridge.intermediate_device())},)
 
 
-NODE_CLASS_MAPPINGS = {"DCAELoader": DCAELoader, "DCAEDecode": DCAEDecode, "DCAEEncode": DCAEEncode}
+class WanVAELoader:
+    DESCRIPTION = "Loads the Wan2.1 VAE: Comfy-Org wan_2.1_vae.safetensors, the original Wan2.1_VAE.pth, or diffusers."
+    CATEGORY = "Wan"
+    FUNCTION = "load"
+    RETURN_TYPES = ("WAN_VAE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": (model_choices(*FOLDERS), {"tooltip": "From models/vae."}), "dtype": DTYPE_INPUT}}
+
+    def load(self, vae_name, dtype):
+        path = resolve_model(FOLDERS, vae_name)
+        vae = load_wan_vae(path, resolve_dtype(dtype, "vae", [torch.bfloat16, torch.float32]))
+        return (bridge.ModelHandle(vae, "vae", family="wan"),)
+
+
+class WanVAEDecode:
+    DESCRIPTION = ("Decodes a Wan video latent to frames (IMAGE, all videos of the batch one after another), frame "
+                   "by frame with the causal cache; tiles large frames.")
+    CATEGORY = "Wan"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("frames", "frame_count")
+    OUTPUT_TOOLTIPS = ("Frames [B*F, H, W, 3].", "Frames per video (F), for Save Wan Video with a batch.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("WAN_VAE",),
+            "samples": ("LATENT",),
+            "tiling": (["auto", "on", "off"], {"default": "auto",
+                                               "tooltip": "auto tiles frames larger than the tile size."}),
+            "tile_size": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 32,
+                                  "tooltip": "Tile edge in pixels for tiled decoding (on, or auto above this size)."}),
+            "tile_overlap": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
+        }}
+
+    def decode(self, vae, samples, tiling, tile_size, tile_overlap):
+        if tile_overlap >= tile_size:
+            raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
+        model = vae.load()
+        with torch.inference_mode():
+            frames = decode_wan(model, samples["samples"], tiling, tile_size, tile_overlap)
+        return (frames, frames.shape[0] // samples["samples"].shape[0])
+
+
+class WanVAEEncode:
+    DESCRIPTION = "Encodes 4n+1 frames (IMAGE) to a Wan latent, for video-to-video with the sampler's denoise."
+    CATEGORY = "Wan"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": ("WAN_VAE",), "frames": ("IMAGE",)}}
+
+    def encode(self, vae, frames):
+        check_frame_count(frames.shape[0])
+        model = vae.load()
+        with torch.inference_mode():
+            latents = encode_wan(model, frames)
+        return ({"samples": latents.to(bridge.intermediate_device())},)
+
+
+NODE_CLASS_MAPPINGS = {"DCAELoader": DCAELoader, "DCAEDecode": DCAEDecode, "DCAEEncode": DCAEEncode,
+                       "WanVAELoader": WanVAELoader, "WanVAEDecode": WanVAEDecode, "WanVAEEncode": WanVAEEncode}
 NODE_DISPLAY_NAME_MAPPINGS = {"DCAELoader": "Load DC-AE (Sana VAE)", "DCAEDecode": "DC-AE Decode",
-                              "DCAEEncode": "DC-AE Encode"}
+                              "DCAEEncode": "DC-AE Encode", "WanVAELoader": "Load Wan2.1 VAE",
+                              "WanVAEDecode": "Wan VAE Decode", "WanVAEEncode": "Wan VAE Encode"}

@@ -8,7 +8,7 @@ from .. import comfy_bridge as bridge
 from ..loaders.sana_transformer import load_sana_transformer
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
-from ..samplers.sana import sample_sana, sana_memory_estimate
+from ..samplers.sana import check_sana_latent, sample_sana, sana_memory_estimate
 from ..samplers.schedulers import SOLVERS
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 
@@ -65,6 +65,7 @@ class SanaSampler:
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise):
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
+        check_sana_latent(latent["samples"], model.module.config.in_channels)
         transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, cfg))
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():

@@ -6,8 +6,10 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.gemma import load_gemma_text_encoder
+from ..loaders.umt5 import load_umt5_encoder
 from ..samplers.conditioning import make_conditioning
 from ..text.sana_prompt import encode_sana_prompt
+from ..text.wan_prompt import WAN_DEFAULT_NEGATIVE, encode_wan_prompt
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 
 FOLDERS = ("text_encoders",)
@@ -62,6 +64,64 @@ class SanaTextEncode:
         return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
 
 
-NODE_CLASS_MAPPINGS = {"SanaTextEncoderLoader": SanaTextEncoderLoader, "SanaTextEncode": SanaTextEncode}
+class WanTextEncoderLoader:
+    DESCRIPTION = ("Loads UMT5-XXL for Wan2.1: Comfy-Org umt5_xxl files (fp16, fp8 scaled; tokenizer inside), the "
+                   "original models_t5_umt5-xxl-enc-bf16.pth (tokenizer files beside it) or an HF folder.")
+    CATEGORY = "Wan"
+    FUNCTION = "load"
+    RETURN_TYPES = ("WAN_TEXT_ENCODER",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, model_name, dtype):
+        path = resolve_model(FOLDERS, model_name)
+        weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float32])
+        encoder, tokenizer = load_umt5_encoder(path, weight_dtype)
+        return (bridge.ModelHandle(encoder, "text_encoder", family="wan", tokenizer=tokenizer),)
+
+
+class WanTextEncode:
+    DESCRIPTION = ("Encodes prompts with UMT5 as Wan does: 512 tokens, zero past each prompt's end. One prompt per "
+                   "line with batch_prompts on gives a batch of videos.")
+    CATEGORY = "Wan"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("WAN_TEXT_ENCODER",),
+            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": WAN_DEFAULT_NEGATIVE,
+                                           "tooltip": "Wan2.1's own default negative prompt."}),
+            "batch_prompts": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Each non-empty line of the prompt is one video of the batch."}),
+        }}
+
+    def encode(self, text_encoder, prompt, negative_prompt, batch_prompts):
+        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+            raise ValueError("prompt and negative_prompt must be text.")
+        prompts = [line for line in prompt.splitlines() if line.strip()] if batch_prompts else [prompt]
+        if not prompts:
+            raise ValueError("batch_prompts is on but the prompt has no non-empty line.")
+        encoder = text_encoder.load()
+        tokenizer = text_encoder.info["tokenizer"]
+        out = bridge.intermediate_device()
+        with torch.inference_mode():
+            positive = encode_wan_prompt(encoder, tokenizer, prompts)
+            negative = encode_wan_prompt(encoder, tokenizer, [negative_prompt])
+        return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
+
+
+NODE_CLASS_MAPPINGS = {"SanaTextEncoderLoader": SanaTextEncoderLoader, "SanaTextEncode": SanaTextEncode,
+                       "WanTextEncoderLoader": WanTextEncoderLoader, "WanTextEncode": WanTextEncode}
 NODE_DISPLAY_NAME_MAPPINGS = {"SanaTextEncoderLoader": "Load Sana Text Encoder (Gemma-2)",
-                              "SanaTextEncode": "Sana Text Encode"}
+                              "SanaTextEncode": "Sana Text Encode",
+                              "WanTextEncoderLoader": "Load Wan Text Encoder (UMT5-XXL)",
+                              "WanTextEncode": "Wan Text Encode"}

@@ -60,6 +60,14 @@ def sana_velocity(transformer, positive, negative, cfg: float, batch: int):
     return predict
 
 
+def check_sana_latent(samples: torch.Tensor, channels: int) -> None:
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise ValueError(
+            f"The latent has shape {tuple(samples.shape)}; a Sana model needs [B, {channels}, H/32, W/32]. "
+            "Use the Empty Sana Latent node or encode with the DC-AE."
+        )
+
+
 def sample_sana(
     transformer,
     latent: dict,
@@ -78,11 +86,7 @@ def sample_sana(
         raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance embedding, "
                          "not with flow solvers.")
     samples = latent["samples"]
-    if samples.ndim != 4 or samples.shape[1] != transformer.config.in_channels:
-        raise ValueError(
-            f"The latent has shape {tuple(samples.shape)}; a Sana model needs [B, {transformer.config.in_channels}, "
-            "H/32, W/32]. Use the Empty Sana Latent node or encode with the DC-AE."
-        )
+    check_sana_latent(samples, transformer.config.in_channels)
     device = transformer.device
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler = make_scheduler(solver, shift)

@@ -1,4 +1,5 @@
-"""A matching set of tiny Sana models (Gemma-2, transformer, DC-AE) and their files in ComfyUI's model folders."""
+"""Matching sets of tiny models (Sana: Gemma-2, transformer, DC-AE; Wan: UMT5, transformer, VAE) and their files
+in ComfyUI's model folders."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import shutil
 from tiny_dcae import tiny_dcae, write_dcae_layouts
 from tiny_gemma import tiny_gemma2, tokenizer_from_spm, train_spm_bytes, write_gemma_layouts
 from tiny_sana import tiny_sana_transformer, write_sana_layouts
+from tiny_umt5 import tiny_umt5, write_umt5_layouts
+from tiny_umt5 import tokenizer_from_spm as umt5_tokenizer_from_spm
+from tiny_umt5 import train_spm_bytes as train_umt5_spm_bytes
+from tiny_wan import tiny_wan_transformer, write_wan_layouts
+from tiny_wan_vae import tiny_wan_vae, write_wan_vae_layouts
 
 # File names as they appear in the loader nodes' lists once written by `write_comfy_model_folders`.
 SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safetensors",
@@ -40,3 +46,27 @@ def write_comfy_model_folders(models: dict, root: str) -> None:
     for role, folder in (("transformer", "diffusion_models"), ("text_encoder", "text_encoders"), ("vae", "vae")):
         os.makedirs(os.path.join(root, folder), exist_ok=True)
         shutil.copy(paths[role], os.path.join(root, folder, SANA_FILES[role]))
+
+
+WAN_FILES = {"transformer": "wan2.1_t2v_tiny.safetensors", "text_encoder": "umt5_xxl_tiny.safetensors",
+             "vae": "wan_2.1_vae_tiny.safetensors"}
+
+
+def tiny_wan_set(text_width: int = 64) -> dict:
+    """In-memory tiny Wan2.1 models that fit together; text_width 4096 (UMT5-XXL's) lets native ComfyUI load the
+    transformer too, since it hard-codes that width."""
+    spm = train_umt5_spm_bytes()
+    tokenizer = umt5_tokenizer_from_spm(spm)
+    encoder = tiny_umt5(len(tokenizer), seed=4, d_model=text_width)
+    return {"spm": spm, "tokenizer": tokenizer, "umt5": encoder,
+            "transformer": tiny_wan_transformer(seed=5, text_dim=text_width), "vae": tiny_wan_vae(seed=6)}
+
+
+def write_wan_files(models: dict, directory: str) -> dict:
+    """The Comfy-Org layouts: repackaged transformer, umt5 single file with its tokenizer, wan_2.1_vae."""
+    return {
+        "transformer": write_wan_layouts(models["transformer"], os.path.join(directory, "wan"))["comfy_prefixed"],
+        "text_encoder": write_umt5_layouts(models["umt5"], models["tokenizer"], models["spm"],
+                                           os.path.join(directory, "umt5"))["comfy_single"],
+        "vae": write_wan_vae_layouts(models["vae"], os.path.join(directory, "wan_vae"))["comfy_safetensors"],
+    }

@@ -1,0 +1,79 @@
+"""Wan2.1 transformer nodes: load a checkpoint, sample a video latent."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comfy_bridge as bridge
+from ..loaders.wan_transformer import load_wan_transformer
+from ..samplers.loop import validate_sampling
+from ..samplers.preview import principal_components_image
+from ..samplers.schedulers import SCHEDULES, SOLVERS
+from ..samplers.wan import check_wan_latent, sample_wan, wan_memory_estimate
+from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+
+FOLDERS = ("diffusion_models",)
+
+
+class WanTransformerLoader:
+    DESCRIPTION = ("Loads a Wan2.1 transformer: Comfy-Org repackaged files (fp16/bf16/fp8 scaled), the original "
+                   "Wan-AI release or a diffusers folder. 1.3B and 14B are recognised from the weights.")
+    CATEGORY = "Wan"
+    FUNCTION = "load"
+    RETURN_TYPES = ("WAN_MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, model_name, dtype):
+        path = resolve_model(FOLDERS, model_name)
+        weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
+        transformer, variant = load_wan_transformer(path, weight_dtype)
+        return (bridge.ModelHandle(transformer, "diffusion", family="wan", variant=variant),)
+
+
+class WanSampler:
+    DESCRIPTION = "Samples a Wan2.1 video latent with classifier-free guidance (denoise < 1 for video-to-video)."
+    CATEGORY = "Wan"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("WAN_MODEL",),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent": ("LATENT", {"tooltip": "Empty Wan Latent Video, or encoded frames for video-to-video."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
+            "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow shift; 0 = the model's default (8.0 for 1.3B, 5.0 for 14B)."}),
+            "solver": (list(SOLVERS), {"default": "flow_unipc",
+                                       "tooltip": "flow_unipc (bh2) is Wan's own solver."}),
+            "schedule": (list(SCHEDULES), {"default": "default", "tooltip": (
+                "default: the solver's spacing, as the diffusers pipeline; simple: ComfyUI's simple scheduler "
+                "(flow_euler), equal to the native KSampler(euler, simple).")}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }}
+
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, schedule, denoise):
+        shift = shift or model.info["variant"].default_shift
+        validate_sampling(steps, cfg, denoise, shift)
+        check_wan_latent(latent["samples"], model.module.config.in_channels)
+        transformer = model.load(wan_memory_estimate(model.module, latent["samples"].shape))
+        callback = bridge.step_callback(steps, principal_components_image)
+        with torch.inference_mode():
+            samples = sample_wan(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, schedule,
+                                 denoise, callback)
+        return ({"samples": samples.to(bridge.intermediate_device())},)
+
+
+NODE_CLASS_MAPPINGS = {"WanTransformerLoader": WanTransformerLoader, "WanSampler": WanSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanTransformerLoader": "Load Wan2.1 Transformer", "WanSampler": "Wan Sampler"}
