@@ -33,6 +33,14 @@ def repeat_to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor
     return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
 
 
+def expand_latent_to_prompts(samples: torch.Tensor, positive) -> torch.Tensor:
+    """One latent and N prompts make N samples: a batch of prompts gives a batch of images / videos."""
+    prompts = conditioning_tensors(positive, "positive")[0].shape[0]
+    if samples.shape[0] == 1 and prompts > 1:
+        return samples.expand(prompts, *samples.shape[1:])
+    return samples
+
+
 def pad_to_length(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad with masked-out zero tokens so prompts of different lengths share one batch."""
     extra = length - embeds.shape[1]

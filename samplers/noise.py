@@ -13,10 +13,11 @@ def comfy_noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None
     """float32 CPU noise from a CPU generator seeded with `seed` over the whole latent shape.
 
     With `batch_index` (LATENT["batch_index"], set by ComfyUI's batch nodes) each sample i gets the noise of
-    position batch_index[i] in a longer batch, so picking one image from a batch reproduces it alone.
+    position batch_index[i] in a longer batch, so picking one image from a batch reproduces it alone. An index list
+    that does not describe this batch (a latent expanded to a batch of prompts) is not used.
     """
     generator = torch.manual_seed(seed)
-    if batch_index is None:
+    if batch_index is None or len(batch_index) != shape[0]:
         return torch.randn(shape, dtype=torch.float32, generator=generator, device="cpu")
     sample_shape = (1, *shape[1:])
     drawn = [torch.randn(sample_shape, dtype=torch.float32, generator=generator) for _ in range(max(batch_index) + 1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .conditioning import conditioning_tensors, pad_to_length, repeat_to_batch
+from .conditioning import conditioning_tensors, expand_latent_to_prompts, pad_to_length, repeat_to_batch
 from .loop import StepCallback, prepare_schedule, sample_flow, start_latent
 from .noise import comfy_noise
 from .schedulers import make_scheduler
@@ -85,7 +85,7 @@ def sample_sana(
     if getattr(transformer.config, "guidance_embeds", False):
         raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance embedding, "
                          "not with flow solvers.")
-    samples = latent["samples"]
+    samples = expand_latent_to_prompts(latent["samples"], positive)
     check_sana_latent(samples, transformer.config.in_channels)
     device = transformer.device
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)

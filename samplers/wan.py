@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..vae.wan import to_model_space, to_raw
-from .conditioning import conditioning_tensors, repeat_to_batch
+from .conditioning import conditioning_tensors, expand_latent_to_prompts, repeat_to_batch
 from .loop import StepCallback, prepare_schedule, sample_flow, start_latent
 from .noise import comfy_noise
 from .schedulers import make_scheduler
@@ -70,7 +70,7 @@ def sample_wan(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32)."""
-    samples = latent["samples"]
+    samples = expand_latent_to_prompts(latent["samples"], positive)
     check_wan_latent(samples, transformer.config.in_channels)
     device = transformer.device
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)

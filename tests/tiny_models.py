@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 
+from diffusers import AutoencoderKLWan
+from safetensors.torch import save_file
+
 from tiny_dcae import tiny_dcae, write_dcae_layouts
 from tiny_gemma import tiny_gemma2, tokenizer_from_spm, train_spm_bytes, write_gemma_layouts
 from tiny_sana import tiny_sana_transformer, write_sana_layouts
@@ -14,8 +17,9 @@ from tiny_umt5 import tokenizer_from_spm as umt5_tokenizer_from_spm
 from tiny_umt5 import train_spm_bytes as train_umt5_spm_bytes
 from tiny_wan import tiny_wan_transformer, write_wan_layouts
 from tiny_wan_vae import tiny_wan_vae, write_wan_vae_layouts
+from tiny_wan_vae import to_original_layout as to_wan_vae_original
 
-# File names as they appear in the loader nodes' lists once written by `write_comfy_model_folders`.
+# File names as they appear in the loader nodes' lists once placed by `place_in_comfy_folders`.
 SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safetensors",
               "vae": "dc-ae-tiny.safetensors"}
 
@@ -40,12 +44,14 @@ def write_sana_files(models: dict, directory: str) -> dict:
     }
 
 
-def write_comfy_model_folders(models: dict, root: str) -> None:
-    """Place the files under root/{diffusion_models,text_encoders,vae} with the names in SANA_FILES."""
-    paths = write_sana_files(models, os.path.join(root, "_layouts"))
-    for role, folder in (("transformer", "diffusion_models"), ("text_encoder", "text_encoders"), ("vae", "vae")):
+FOLDERS = {"transformer": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+
+
+def place_in_comfy_folders(paths: dict, names: dict, root: str) -> None:
+    """Copy written model files under root/{diffusion_models,text_encoders,vae} with the given names."""
+    for role, folder in FOLDERS.items():
         os.makedirs(os.path.join(root, folder), exist_ok=True)
-        shutil.copy(paths[role], os.path.join(root, folder, SANA_FILES[role]))
+        shutil.copy(paths[role], os.path.join(root, folder, names[role]))
 
 
 WAN_FILES = {"transformer": "wan2.1_t2v_tiny.safetensors", "text_encoder": "umt5_xxl_tiny.safetensors",
@@ -70,3 +76,12 @@ def write_wan_files(models: dict, directory: str) -> dict:
                                            os.path.join(directory, "umt5"))["comfy_single"],
         "vae": write_wan_vae_layouts(models["vae"], os.path.join(directory, "wan_vae"))["comfy_safetensors"],
     }
+
+
+def real_size_wan_vae_file(path: str) -> str:
+    """A random-weight Wan2.1 VAE at its real size (dim 96), in the Comfy-Org layout and fp16: ComfyUI's native
+    VAELoader only builds that size, so native/ours decode comparisons need it."""
+    vae = AutoencoderKLWan()
+    original = to_wan_vae_original({k: v.contiguous() for k, v in vae.state_dict().items()})
+    save_file({k: v.half() for k, v in original.items()}, path)
+    return path

@@ -20,6 +20,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "comfyui-sana-wan"
+REAL_SIZE_WAN_VAE = "wan_2.1_vae_random_real_size.safetensors"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -72,10 +73,17 @@ class ComfyServer:
 
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory):
-    from tiny_models import tiny_sana_set, write_comfy_model_folders
+    from tiny_models import (
+        SANA_FILES, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set, tiny_wan_set,
+        write_sana_files, write_wan_files,
+    )
 
     root = str(tmp_path_factory.mktemp("comfy_models"))
-    write_comfy_model_folders(tiny_sana_set(), root)
+    layouts = os.path.join(root, "_layouts")
+    place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, root)
+    # 4096-wide text (UMT5-XXL's width) so native ComfyUI, which hard-codes it, can load the tiny Wan transformer.
+    place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, root)
+    real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))
     return root
 
 
