@@ -66,6 +66,11 @@ def safetensors_shapes(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtyp
     return {k: (tuple(v["shape"]), _DTYPES.get(v["dtype"], torch.float32)) for k, v in header.items() if k != "__metadata__"}
 
 
+def tensor_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """key -> shape of loaded tensors, the form the config inference and the key checks read."""
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
 def _load_pickle(path: str) -> dict[str, torch.Tensor]:
     try:
         # mmap (no copy of the weights in RAM) works only for the zip format torch.save writes since 1.6.

@@ -15,8 +15,9 @@ import torch
 from diffusers import AutoencoderDC
 from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
 
-from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix
+from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes
 from .detect import detect_family
+from .meta_build import build_on_meta, cast_floats, check_layout, stored_dtype
 
 # Latent scale of dc-ae-f32c32-sana-1.0/1.1 (their config.json); single files do not carry it.
 SANA_SCALING_FACTOR = 0.41407
@@ -24,7 +25,6 @@ SANA_SCALING_FACTOR = 0.41407
 _FAMILY = "DC-AE VAE"
 _WEIGHTS_STEM = "diffusion_pytorch_model"
 _RESBLOCK, _VIT = "ResBlock", "EfficientViTBlock"
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def load_dcae(path: str, dtype: torch.dtype | None = None) -> AutoencoderDC:
@@ -60,7 +60,7 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     _check_family(state_dict, os.path.basename(path))
     if any(k.startswith(("encoder.stages.", "decoder.stages.")) for k in state_dict):
         state_dict = convert_autoencoder_dc_checkpoint_to_diffusers(state_dict)
-    config = infer_dcae_config({k: tuple(v.shape) for k, v in state_dict.items()})
+    config = infer_dcae_config(tensor_shapes(state_dict))
     config["scaling_factor"] = SANA_SCALING_FACTOR
     return config, state_dict
 
@@ -72,34 +72,14 @@ def _check_family(state_dict: Mapping, name: str) -> None:
 
 
 def _build(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, name: str) -> AutoencoderDC:
-    """Build on the meta device (no memory for random init) and take the loaded tensors as the parameters."""
-    with torch.device("meta"):
-        vae = AutoencoderDC.from_config(config)
-    check_dcae_layout(vae, {k: tuple(v.shape) for k, v in state_dict.items()}, name)
-    dtype = dtype or _stored_dtype(state_dict)
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    vae.load_state_dict(state_dict, strict=True, assign=True)
+    state_dict = cast_floats(state_dict, dtype or stored_dtype(state_dict))
+    vae = build_on_meta(AutoencoderDC, config, state_dict, name, check_dcae_layout)
     return vae.eval().requires_grad_(False)
-
-
-def _stored_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
-    dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    return dtype if dtype in _COMPUTE_DTYPES else torch.float32
 
 
 def check_dcae_layout(vae: AutoencoderDC, shapes: Mapping[str, Sequence[int]], name: str) -> None:
     """Raise ValueError unless `shapes` fills every tensor of `vae` with its exact shape, and nothing else."""
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k} {tuple(shapes[k])} vs {expected[k]}" for k in sorted(set(expected) & set(shapes))
-             if tuple(shapes[k]) != expected[k]]
-    problems = [f"{len(items)} {what} (first: {', '.join(items[:3])})"
-                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("tensors with other shapes (file vs model)", wrong)) if items]
-    if problems:
-        raise ValueError(f"'{name}' does not match the DC-AE architecture built for it: {'; '.join(problems)}.")
+    check_layout(vae, shapes, name, "DC-AE")
 
 
 # ---------------------------------------------------------------------------------------------- config from shapes

@@ -31,3 +31,16 @@ def detect_family(keys) -> str:
         if any(prefix + key in keys for key in signature for prefix in _PREFIXES):
             return family
     return "unknown model"
+
+
+def require_transformer(keys, name: str, model: str) -> bool:
+    """Refuse a file that is not a `model` ("Sana", "Wan") transformer, naming what it is instead.
+
+    True for the original layout, False for the diffusers one.
+    """
+    family = detect_family(keys)
+    if family == "unknown model":
+        raise ValueError(f"'{name}' is not a {model} transformer: its tensor names match no known model.")
+    if not family.startswith(f"{model} transformer"):
+        raise ValueError(f"'{name}' is a {family}, not a {model} transformer; load it with the matching loader.")
+    return family.endswith("(original layout)")

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import torch
 from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
 
 from .checkpoint import (
-    checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
+    checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes,
+    weight_files_in_folder,
 )
 from .detect import detect_family
+from .meta_build import COMPUTE_DTYPES, cast_floats, left_on_meta
+from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
 GEMMA_FAMILY = "Gemma-2 text encoder"
-SPIECE_KEY = "spiece_model"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 # Values shared by every Gemma-2 size (google/gemma-2-{2b,9b,27b}{,-it} config.json); shapes come from the weights.
 _GEMMA2_COMMON = dict(
@@ -92,7 +92,7 @@ def _materialise_buffers(model: Gemma2Model) -> None:
     """
     model.rotary_emb = type(model.rotary_emb)(model.config)
     model.embed_tokens.embed_scale = torch.tensor(model.config.hidden_size**0.5)
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    still_meta = left_on_meta(model)
     if still_meta:
         raise RuntimeError(f"Gemma-2 tensors left unloaded on the meta device: {still_meta[:5]}")
 
@@ -102,13 +102,12 @@ def _weights_dtype(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | Non
     if dtype is not None:
         return dtype
     file_dtype = next(v.dtype for v in state_dict.values() if v.is_floating_point())
-    return file_dtype if file_dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+    return file_dtype if file_dtype in COMPUTE_DTYPES else torch.bfloat16
 
 
 def build_gemma2(config: Gemma2Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> Gemma2Model:
     """The decoder built on meta and given the state dict's tensors (assign=True: one copy of the weights)."""
-    dtype = _weights_dtype(state_dict, dtype)
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    state_dict = cast_floats(state_dict, _weights_dtype(state_dict, dtype))
     model = gemma2_on_meta(config)
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
@@ -127,10 +126,6 @@ def _check_family(keys, path: str) -> None:
         )
 
 
-def _has_tokenizer(folder: str) -> bool:
-    return any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES)
-
-
 def tokenizer_from_folder(folder: str) -> GemmaTokenizer:
     """Gemma's tokenizer from tokenizer.json and/or tokenizer.model, right-padded as Sana pads.
 
@@ -141,46 +136,24 @@ def tokenizer_from_folder(folder: str) -> GemmaTokenizer:
     return tokenizer
 
 
-def tokenizer_from_spm_bytes(spm_bytes: bytes) -> GemmaTokenizer:
-    """Gemma's tokenizer from a serialized sentencepiece model (the `spiece_model` tensor of a single file)."""
-    with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
-            f.write(spm_bytes)
-        return tokenizer_from_folder(folder)
-
-
-def _spm_bytes(tensor: torch.Tensor) -> bytes:
-    """The sentencepiece model bytes ComfyUI stores as a flat uint8 tensor."""
-    return tensor.to(torch.uint8).contiguous().numpy().tobytes()
-
-
-def _no_tokenizer_error(path: str, looked_in: list[str]) -> ValueError:
-    places = ", ".join(f"'{p}'" for p in looked_in)
-    return ValueError(
-        f"No Gemma tokenizer found for '{path}': the weights embed no '{SPIECE_KEY}' tensor and there is no "
-        f"tokenizer.model or tokenizer.json in {places}. Put gemma-2-2b-it's tokenizer.model (or tokenizer.json) "
-        f"next to the weights, or use a file that embeds it (Comfy-Org's gemma_2_2b_fp16.safetensors)."
-    )
-
-
-def _folder_parts(path: str) -> tuple[str, list[str]]:
-    """(weights folder, folders that may hold the tokenizer) of an HF or diffusers pipeline folder."""
-    if os.path.isdir(os.path.join(path, "text_encoder")):
-        encoder = os.path.join(path, "text_encoder")
-        return encoder, [os.path.join(path, "tokenizer"), encoder]
-    return path, [path, os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer")]
+GEMMA_TOKENIZER = TokenizerFiles(
+    model="Gemma", spm_file="tokenizer.model", from_folder=tokenizer_from_folder,
+    remedy=("Put gemma-2-2b-it's tokenizer.model (or tokenizer.json) next to the weights, or use a file that embeds "
+            "it (Comfy-Org's gemma_2_2b_fp16.safetensors)."),
+)
 
 
 def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
-    encoder_dir, tokenizer_dirs = _folder_parts(path)
+    encoder_dir, tokenizer_dirs = encoder_and_tokenizer_folders(path)
     files = weight_files_in_folder(encoder_dir, "model")
     _check_family({k for f in files for k in checkpoint_keys(f)}, path)
-    tokenizer_dir = next((d for d in tokenizer_dirs if _has_tokenizer(d)), None)
-    if tokenizer_dir is None:
-        raise _no_tokenizer_error(path, tokenizer_dirs)
+    tokenizer_dir = GEMMA_TOKENIZER.require(path, tokenizer_dirs)
     state_dict = strip_prefix(load_folder_state_dict(encoder_dir, "model"), _DECODER_PREFIXES)
     config_path = os.path.join(encoder_dir, "config.json")
-    config = _folder_config(config_path) if os.path.isfile(config_path) else infer_gemma2_config(_shapes(state_dict))
+    if os.path.isfile(config_path):
+        config = _folder_config(config_path)
+    else:
+        config = infer_gemma2_config(tensor_shapes(state_dict))
     return build_gemma2(config, state_dict, dtype), tokenizer_from_folder(tokenizer_dir)
 
 
@@ -193,21 +166,15 @@ def _folder_config(config_path: str) -> Gemma2Config:
     return Gemma2Config.from_pretrained(os.path.dirname(config_path), local_files_only=True)
 
 
-def _shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state_dict.items()}
-
-
 def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
     keys = checkpoint_keys(path)
     _check_family(keys, path)
     folder = os.path.dirname(os.path.abspath(path))
-    if SPIECE_KEY not in keys and not _has_tokenizer(folder):
-        raise _no_tokenizer_error(path, [folder])
+    tokenizer_dir = None if SPIECE_KEY in keys else GEMMA_TOKENIZER.require(path, [folder])
     state_dict = load_state_dict(path)
-    spiece = state_dict.pop(SPIECE_KEY, None)
-    tokenizer = tokenizer_from_spm_bytes(_spm_bytes(spiece)) if spiece is not None else tokenizer_from_folder(folder)
+    tokenizer = GEMMA_TOKENIZER.pop_from(state_dict, tokenizer_dir)
     state_dict = strip_prefix(state_dict, _DECODER_PREFIXES)
-    return build_gemma2(infer_gemma2_config(_shapes(state_dict)), state_dict, dtype), tokenizer
+    return build_gemma2(infer_gemma2_config(tensor_shapes(state_dict)), state_dict, dtype), tokenizer
 
 
 def load_gemma_text_encoder(path: str, dtype: torch.dtype | None = None) -> tuple[Gemma2Model, GemmaTokenizer]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from diffusers import SanaTransformer2DModel
@@ -18,7 +18,8 @@ from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
 )
-from .detect import detect_family
+from .detect import require_transformer
+from .meta_build import build_on_meta, cast_floats, check_converted_layout, main_dtype
 
 DIFFUSERS_STEM = "diffusion_pytorch_model"
 _FILE_PREFIXES = ("model.diffusion_model.",)
@@ -192,7 +193,7 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """Config and diffusers-layout weights of one checkpoint file; the family is checked from the header first."""
     name = os.path.basename(path)
     shapes = {k: shape for k, (shape, _) in strip_prefix(checkpoint_keys(path), _FILE_PREFIXES).items()}
-    original = _require_sana(shapes, name)
+    original = require_transformer(shapes, name, "Sana")
     config = sana_config_from_shapes(shapes)
     state_dict = strip_prefix(load_state_dict(path), _FILE_PREFIXES)
     return config, convert_original_to_diffusers(state_dict) if original else state_dict
@@ -205,7 +206,7 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     files = weight_files_in_folder(folder, DIFFUSERS_STEM)
     shapes = {k: shape for f in files for k, (shape, _) in checkpoint_keys(f).items()}
     name = os.path.basename(os.path.normpath(folder))
-    original = _require_sana(shapes, name)
+    original = require_transformer(shapes, name, "Sana")
     config_path = os.path.join(folder, "config.json")
     config = read_json(config_path) if os.path.isfile(config_path) else sana_config_from_shapes(shapes)
     class_name = config.get("_class_name", SanaTransformer2DModel.__name__)
@@ -215,24 +216,10 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, convert_original_to_diffusers(state_dict) if original else state_dict
 
 
-def _require_sana(shapes: dict, name: str) -> bool:
-    """Refuse other model families by name; True for the original layout, False for the diffusers one."""
-    family = detect_family(shapes)
-    if family == "unknown model":
-        raise ValueError(f"'{name}' is not a Sana transformer: its tensor names match no known model.")
-    if not family.startswith("Sana transformer"):
-        raise ValueError(f"'{name}' is a {family}, not a Sana transformer; load it with the matching loader.")
-    return family.endswith("(original layout)")
-
-
 def _build_model(config: dict, state_dict: dict, dtype: torch.dtype | None, name: str) -> SanaTransformer2DModel:
-    """Build on the meta device and adopt the loaded tensors (assign=True), so the weights exist only once."""
-    with torch.device("meta"):
-        model = SanaTransformer2DModel.from_config(config)
-    dtype = dtype or _main_dtype(state_dict)
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    _check_keys(model.state_dict(), state_dict, name)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    dtype = dtype or main_dtype(state_dict)
+    check = partial(check_converted_layout, family="Sana")
+    model = build_on_meta(SanaTransformer2DModel, config, cast_floats(state_dict, dtype), name, check)
     _materialise_pos_embed(model, dtype)
     return model.eval()
 
@@ -247,34 +234,6 @@ def _materialise_pos_embed(model: SanaTransformer2DModel, dtype: torch.dtype) ->
         interpolation_scale=embed.interpolation_scale, device="cpu", output_type="pt",
     )
     embed.pos_embed = pos_embed.float().unsqueeze(0).to(dtype)
-
-
-def _check_keys(expected: dict, state_dict: dict, name: str) -> None:
-    """A ValueError naming what does not fit, instead of torch's wall of text (or a model with holes)."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} instead of {tuple(v.shape)}"
-        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} {len(keys)} tensor(s): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)) if keys
-    ]
-    if problems:
-        raise ValueError(
-            f"'{name}' does not fit the Sana transformer its shapes describe ({'; '.join(problems)}; names in "
-            f"diffusers layout). The file is incomplete or a Sana variant this loader does not know."
-        )
-
-
-def _main_dtype(state_dict: dict) -> torch.dtype:
-    """The floating dtype holding most of the parameters (small fp32 norms in a bf16 file do not count)."""
-    counts = Counter()
-    for tensor in state_dict.values():
-        if tensor.is_floating_point():
-            counts[tensor.dtype] += tensor.numel()
-    return counts.most_common(1)[0][0] if counts else torch.float32
 
 
 def _convert_block_tensor(index: int, rest: str, tensor: torch.Tensor) -> dict:

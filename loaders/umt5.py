@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import torch
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from .checkpoint import checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, weight_files_in_folder
+from .checkpoint import (
+    checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, tensor_shapes, weight_files_in_folder,
+)
 from .detect import detect_family
+from .meta_build import key_mismatch, left_on_meta
+from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
 UMT5_FAMILY = "UMT5 text encoder"
-SPIECE_KEY = "spiece_model"
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 # Where the original Wan release keeps the tokenizer, relative to the folder of the .pth.
 WAN_TOKENIZER_SUBFOLDER = os.path.join("google", "umt5-xxl")
 # Sentinel tokens <extra_id_0..299> after the sentencepiece pieces: umT5's vocabulary (t5x
@@ -168,10 +169,9 @@ def cast_and_dequantise(state_dict: dict[str, torch.Tensor], dtype: torch.dtype)
 
 def _check_keys(model: UMT5EncoderModel, state_dict: dict[str, torch.Tensor]) -> None:
     """Strict: every model tensor present with its shape, nothing left over; names the offenders."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
+    mismatch = key_mismatch(model, tensor_shapes(state_dict))
+    missing, unexpected = sorted(mismatch.missing), sorted(mismatch.unexpected)
+    wrong = sorted(k for k, _, _ in mismatch.wrong_shape)
     if missing or unexpected or wrong:
         raise ValueError(
             f"The UMT5 weights do not fit the encoder built from their config: missing {missing[:5]} "
@@ -190,7 +190,7 @@ def build_umt5(config: UMT5Config, state_dict: dict[str, torch.Tensor], dtype: t
     _check_keys(model, state_dict)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.set_input_embeddings(model.shared)
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    still_meta = left_on_meta(model)
     if still_meta:
         raise RuntimeError(f"UMT5 tensors left unloaded on the meta device: {still_meta[:5]}")
     return model.eval().requires_grad_(False)
@@ -205,10 +205,6 @@ def _check_family(keys, path: str) -> None:
         )
 
 
-def _has_tokenizer(folder: str) -> bool:
-    return any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES)
-
-
 def tokenizer_from_folder(folder: str) -> T5Tokenizer:
     """umT5's tokenizer from tokenizer.json and/or spiece.model, right-padded (Wan trims each prompt's padding).
 
@@ -221,35 +217,12 @@ def tokenizer_from_folder(folder: str) -> T5Tokenizer:
     return tokenizer
 
 
-def tokenizer_from_spm_bytes(spm_bytes: bytes) -> T5Tokenizer:
-    """umT5's tokenizer from a serialized sentencepiece model (the `spiece_model` tensor of a Comfy-Org file)."""
-    with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "spiece.model"), "wb") as f:
-            f.write(spm_bytes)
-        return tokenizer_from_folder(folder)
-
-
-def _spm_bytes(tensor: torch.Tensor) -> bytes:
-    """The sentencepiece model bytes ComfyUI stores as a flat uint8 tensor."""
-    return tensor.to(torch.uint8).contiguous().numpy().tobytes()
-
-
-def _no_tokenizer_error(path: str, looked_in: list[str]) -> ValueError:
-    places = ", ".join(f"'{p}'" for p in looked_in)
-    return ValueError(
-        f"No umT5 tokenizer found for '{path}': the weights embed no '{SPIECE_KEY}' tensor and there is no "
-        f"spiece.model or tokenizer.json in {places}. Put google/umt5-xxl's spiece.model (or tokenizer.json) next "
-        f"to the weights or in a '{WAN_TOKENIZER_SUBFOLDER}' folder beside them (as the Wan2.1 release ships it), "
-        f"or use a file that embeds it (Comfy-Org's umt5_xxl_fp16.safetensors)."
-    )
-
-
-def _folder_parts(path: str) -> tuple[str, list[str]]:
-    """(weights folder, folders that may hold the tokenizer) of an HF or diffusers pipeline folder."""
-    if os.path.isdir(os.path.join(path, "text_encoder")):
-        encoder = os.path.join(path, "text_encoder")
-        return encoder, [os.path.join(path, "tokenizer"), encoder]
-    return path, [path, os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer")]
+UMT5_TOKENIZER = TokenizerFiles(
+    model="umT5", spm_file="spiece.model", from_folder=tokenizer_from_folder,
+    remedy=(f"Put google/umt5-xxl's spiece.model (or tokenizer.json) next to the weights or in a "
+            f"'{WAN_TOKENIZER_SUBFOLDER}' folder beside them (as the Wan2.1 release ships it), or use a file that "
+            f"embeds it (Comfy-Org's umt5_xxl_fp16.safetensors)."),
+)
 
 
 def _folder_config(config_path: str) -> UMT5Config:
@@ -262,41 +235,29 @@ def _folder_config(config_path: str) -> UMT5Config:
 
 
 def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
-    encoder_dir, tokenizer_dirs = _folder_parts(path)
+    encoder_dir, tokenizer_dirs = encoder_and_tokenizer_folders(path)
     files = weight_files_in_folder(encoder_dir, "model")
     _check_family({k for f in files for k in checkpoint_keys(f)}, path)
-    tokenizer_dir = next((d for d in tokenizer_dirs if _has_tokenizer(d)), None)
-    if tokenizer_dir is None:
-        raise _no_tokenizer_error(path, tokenizer_dirs)
+    tokenizer_dir = UMT5_TOKENIZER.require(path, tokenizer_dirs)
     state_dict = to_umt5_keys(load_folder_state_dict(encoder_dir, "model"))
     config_path = os.path.join(encoder_dir, "config.json")
     if os.path.isfile(config_path):
         config = _folder_config(config_path)
     else:
-        config = infer_umt5_config({k: tuple(v.shape) for k, v in state_dict.items()})
+        config = infer_umt5_config(tensor_shapes(state_dict))
     return build_umt5(config, state_dict, dtype), tokenizer_from_folder(tokenizer_dir)
-
-
-def _tokenizer_beside(path: str) -> str | None:
-    """The folder beside a single file that holds the tokenizer: its own, or the Wan release's google/umt5-xxl."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return next((d for d in (folder, os.path.join(folder, WAN_TOKENIZER_SUBFOLDER)) if _has_tokenizer(d)), None)
 
 
 def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
     keys = checkpoint_keys(path)
     _check_family(keys, path)
     config = infer_umt5_config(to_umt5_keys({k: shape for k, (shape, _) in keys.items()}))
-    tokenizer_dir = _tokenizer_beside(path)
-    if SPIECE_KEY not in keys and tokenizer_dir is None:
-        folder = os.path.dirname(os.path.abspath(path))
-        raise _no_tokenizer_error(path, [folder, os.path.join(folder, WAN_TOKENIZER_SUBFOLDER)])
+    # Beside the file: its own folder, or google/umt5-xxl in it as the Wan release ships.
+    folder = os.path.dirname(os.path.abspath(path))
+    beside = [folder, os.path.join(folder, WAN_TOKENIZER_SUBFOLDER)]
+    tokenizer_dir = None if SPIECE_KEY in keys else UMT5_TOKENIZER.require(path, beside)
     state_dict = load_state_dict(path)
-    spiece = state_dict.pop(SPIECE_KEY, None)
-    if spiece is not None:
-        tokenizer = tokenizer_from_spm_bytes(_spm_bytes(spiece))
-    else:
-        tokenizer = tokenizer_from_folder(tokenizer_dir)
+    tokenizer = UMT5_TOKENIZER.pop_from(state_dict, tokenizer_dir)
     return build_umt5(config, to_umt5_keys(state_dict), dtype), tokenizer
 
 

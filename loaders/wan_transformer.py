@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from math import prod
 
 import torch
@@ -21,7 +21,8 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
 )
-from .detect import detect_family
+from .detect import require_transformer
+from .meta_build import COMPUTE_DTYPES, build_on_meta, check_converted_layout, main_dtype
 
 DIFFUSERS_STEM = "diffusion_pytorch_model"
 _FILE_PREFIXES = ("model.diffusion_model.",)
@@ -40,7 +41,6 @@ _SCALE_WEIGHT = ".scale_weight"
 _SCALE_SUFFIXES = (_SCALE_WEIGHT, ".scale_input")
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FP8_COMPUTE_DTYPE = torch.bfloat16
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # diffusers' `convert_wan_transformer_to_diffusers` maps every Wan2.1 T2V / I2V key but not the image position
 # embedding of the first-last-frame (FLF2V) model, which it leaves under its original name.
@@ -89,7 +89,7 @@ def load_wan_transformer(path: str, dtype: torch.dtype | None = None) -> tuple[W
     tensor is cast. Either way the modules diffusers keeps in float32 (time embedder, modulation tables, affine
     norms) stay float32 when the dtype is a half type, as `WanTransformer3DModel.from_pretrained` does.
     """
-    if dtype is not None and dtype not in _DTYPES:
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ValueError(f"A Wan transformer is computed in float32, float16 or bfloat16, not {dtype}.")
     if os.path.isdir(path):
         config, state_dict, original = _read_folder(path)
@@ -212,17 +212,13 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
 
 def _require_wan(shapes: dict, name: str) -> bool:
     """Refuse other model families and Wan add-ons by name; True for the original layout, False for diffusers."""
-    family = detect_family(shapes)
-    if family == "unknown model":
-        raise ValueError(f"'{name}' is not a Wan transformer: its tensor names match no known model.")
-    if not family.startswith("Wan transformer"):
-        raise ValueError(f"'{name}' is a {family}, not a Wan transformer; load it with the matching loader.")
+    original = require_transformer(shapes, name, "Wan")
     for prefix, what in _EXTENSIONS.items():
         if any(key.startswith(prefix) for key in shapes):
             raise ValueError(
                 f"'{name}' is a {what} transformer; this loader takes plain Wan2.1 text- and image-to-video models."
             )
-    return family.endswith("(original layout)")
+    return original
 
 
 def _require_wan21(config: dict, name: str) -> None:
@@ -254,11 +250,8 @@ def _to_model_tensors(state_dict: dict, original: bool, dtype: torch.dtype | Non
 
 
 def _build_model(config: dict, state_dict: dict, name: str) -> WanTransformer3DModel:
-    """Build on the meta device and adopt the loaded tensors (assign=True), so the weights exist only once."""
-    with torch.device("meta"):
-        model = WanTransformer3DModel.from_config(config)
-    _check_keys(model.state_dict(), state_dict, name)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    check = partial(check_converted_layout, family="Wan")
+    model = build_on_meta(WanTransformer3DModel, config, state_dict, name, check)
     _materialise_rope(model)
     return model.eval()
 
@@ -269,32 +262,9 @@ def _materialise_rope(model: WanTransformer3DModel) -> None:
     model.rope = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
 
 
-def _check_keys(expected: dict, state_dict: dict, name: str) -> None:
-    """A ValueError naming what does not fit, instead of torch's wall of text (or a model with holes)."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} instead of {tuple(v.shape)}"
-        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} {len(keys)} tensor(s): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)) if keys
-    ]
-    if problems:
-        raise ValueError(
-            f"'{name}' does not fit the Wan transformer its shapes describe ({'; '.join(problems)}; names in "
-            f"diffusers layout). The file is incomplete or a Wan variant this loader does not know."
-        )
-
-
 def _default_dtype(state_dict: dict) -> torch.dtype:
     """The floating dtype holding most of the parameters; fp8 files are computed in bf16, as ComfyUI does."""
-    counts = Counter()
-    for tensor in state_dict.values():
-        if tensor.is_floating_point():
-            counts[tensor.dtype] += tensor.numel()
-    main = counts.most_common(1)[0][0] if counts else torch.float32
+    main = main_dtype(state_dict)
     return _FP8_COMPUTE_DTYPE if main in _FP8_DTYPES else main
 
 

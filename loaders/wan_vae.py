@@ -22,13 +22,13 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from ..vae.wan import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
-from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix
+from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes
 from .detect import detect_family
+from .meta_build import build_on_meta, cast_floats, check_layout, left_on_meta, stored_dtype
 
 _FAMILY = "Wan VAE"
 _WEIGHTS_STEM = "diffusion_pytorch_model"
 _LATENT_CHANNELS = 16
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # What ComfyUI's comfy/sd.py looks for to tell the Wan2.2 VAE (residual up-blocks) from the Wan2.1 one; the
 # diffusers layout of the same blocks nests its resnets one level deeper.
 _WAN22_KEYS = ("decoder.upsamples.0.upsamples.0.residual.2.weight", "encoder.down_blocks.0.resnets.0.conv1.weight")
@@ -69,7 +69,7 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     _check_family(state_dict, os.path.basename(path))
     if "decoder.middle.0.residual.0.gamma" in state_dict:
         state_dict = convert_wan_vae_to_diffusers(state_dict)
-    return infer_wan_vae_config({k: tuple(v.shape) for k, v in state_dict.items()}), state_dict
+    return infer_wan_vae_config(tensor_shapes(state_dict)), state_dict
 
 
 def _check_family(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
@@ -86,38 +86,18 @@ def _check_family(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
 
 def _build(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None,
            name: str) -> AutoencoderKLWan:
-    """Build on the meta device (no memory for random init) and take the loaded tensors as the parameters."""
-    with torch.device("meta"):
-        vae = AutoencoderKLWan.from_config(config)
-    check_wan_vae_layout(vae, {k: tuple(v.shape) for k, v in state_dict.items()}, name)
-    dtype = dtype or _stored_dtype(state_dict)
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    vae.load_state_dict(state_dict, strict=True, assign=True)
+    state_dict = cast_floats(state_dict, dtype or stored_dtype(state_dict))
+    vae = build_on_meta(AutoencoderKLWan, config, state_dict, name, check_wan_vae_layout)
     # AutoencoderKLWan has no buffers today; one added by a later diffusers would stay on meta, unusable.
-    left_on_meta = [k for k, t in [*vae.named_parameters(), *vae.named_buffers()] if t.is_meta]
-    if left_on_meta:
-        raise ValueError(f"'{name}' leaves {len(left_on_meta)} tensors of the Wan VAE unset ({left_on_meta[0]}).")
+    unset = left_on_meta(vae)
+    if unset:
+        raise ValueError(f"'{name}' leaves {len(unset)} tensors of the Wan VAE unset ({unset[0]}).")
     return vae.eval().requires_grad_(False)
-
-
-def _stored_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
-    dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    return dtype if dtype in _COMPUTE_DTYPES else torch.float32
 
 
 def check_wan_vae_layout(vae: AutoencoderKLWan, shapes: Mapping[str, Sequence[int]], name: str) -> None:
     """Raise ValueError unless `shapes` fills every tensor of `vae` with its exact shape, and nothing else."""
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = [f"{k} {tuple(shapes[k])} vs {expected[k]}" for k in sorted(set(expected) & set(shapes))
-             if tuple(shapes[k]) != expected[k]]
-    problems = [f"{len(items)} {what} (first: {', '.join(items[:3])})"
-                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("tensors with other shapes (file vs model)", wrong)) if items]
-    if problems:
-        raise ValueError(f"'{name}' does not match the Wan VAE architecture built for it: {'; '.join(problems)}.")
+    check_layout(vae, shapes, name, "Wan VAE")
 
 
 # ---------------------------------------------------------------------------------------------- config from shapes

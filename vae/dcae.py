@@ -7,19 +7,13 @@ ComfyUI's IMAGE, [B, H, W, 3] float32 in 0..1 on the CPU. Tiling and blending ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import torch
 from diffusers import AutoencoderDC
 
-TILE_MODES = ("auto", "on", "off")
+from .tiling import Progress, one_at_a_time, tiling, wants_tiling
 
-# Every attribute `enable_tiling` writes, so one call's tiling never leaks into the next.
-_TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
-                 "tile_sample_stride_width", "tile_latent_min_height", "tile_latent_min_width")
-
-Progress = Callable[[int, int], None]
+# AutoencoderDC's `enable_tiling` also derives the tile size in latent cells from the pixel one.
+_DERIVED_TILING_STATE = ("tile_latent_min_height", "tile_latent_min_width")
 
 
 def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", tile_size: int = 1024,
@@ -35,9 +29,9 @@ def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", t
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
-    tiled = _wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
-    with _tiling(vae, tiled, tile_size, tile_overlap):
-        return _one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+    tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    with tiling(vae, tiled, tile_size, tile_overlap, _DERIVED_TILING_STATE):
+        return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
 
 
 def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", tile_size: int = 1024,
@@ -48,9 +42,9 @@ def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", ti
     """
     _check_images(vae, images)
     ratio = vae.spatial_compression_ratio
-    tiled = _wants_tiling(tile, max(images.shape[1:3]), tile_size, tile_overlap, ratio)
-    with _tiling(vae, tiled, tile_size, tile_overlap):
-        return _one_at_a_time(images, lambda x: _encode_one(vae, x), progress)
+    tiled = wants_tiling(tile, max(images.shape[1:3]), tile_size, tile_overlap, ratio)
+    with tiling(vae, tiled, tile_size, tile_overlap, _DERIVED_TILING_STATE):
+        return one_at_a_time(images, lambda x: _encode_one(vae, x), progress)
 
 
 def _decode_one(vae: AutoencoderDC, latent: torch.Tensor) -> torch.Tensor:
@@ -66,43 +60,6 @@ def _encode_one(vae: AutoencoderDC, image: torch.Tensor) -> torch.Tensor:
     pixels = image.permute(0, 3, 1, 2).to(param.device, param.dtype) * 2 - 1
     with torch.no_grad():
         return vae.encode(pixels).latent.float().cpu()
-
-
-def _one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                   progress: Progress | None) -> torch.Tensor:
-    """Bound memory to one image's activations, whatever the batch size."""
-    results = []
-    for index, item in enumerate(batch.split(1)):
-        results.append(fn(item))
-        if progress is not None:
-            progress(index + 1, batch.shape[0])
-    return torch.cat(results)
-
-
-@contextmanager
-def _tiling(vae: AutoencoderDC, enabled: bool, tile_size: int, tile_overlap: int) -> Iterator[None]:
-    saved = {name: getattr(vae, name) for name in _TILING_STATE}
-    try:
-        if enabled:
-            stride = tile_size - tile_overlap
-            vae.enable_tiling(tile_size, tile_size, stride, stride)
-        else:
-            vae.disable_tiling()
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(vae, name, value)
-
-
-def _wants_tiling(tile: str, image_size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
-    if tile not in TILE_MODES:
-        raise ValueError(f"tile must be one of {TILE_MODES}, got {tile!r}.")
-    if tile_size < ratio or tile_size % ratio or tile_overlap % ratio or not 0 <= tile_overlap < tile_size:
-        raise ValueError(
-            f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must be multiples of {ratio} pixels (one "
-            f"latent cell), with 0 <= tile_overlap < tile_size."
-        )
-    return tile == "on" or (tile == "auto" and image_size > tile_size)
 
 
 def _check_latents(vae: AutoencoderDC, latents: torch.Tensor) -> None:

@@ -16,11 +16,12 @@ float32 in 0..1 on the CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import torch
 from diffusers import AutoencoderKLWan
+
+from .tiling import Progress, one_at_a_time, tiling, wants_tiling
 
 # Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
 # equal to ComfyUI's latent_formats.Wan21 and to the original wan/modules/vae.py.
@@ -28,14 +29,6 @@ WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.151
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
-
-TILE_MODES = ("auto", "on", "off")
-
-# Every attribute `enable_tiling` writes, so one call's tiling never leaks into the next.
-_TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
-                 "tile_sample_stride_width")
-
-Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
@@ -83,9 +76,9 @@ def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto",
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
-    tiled = _wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
-    with _tiling(vae, tiled, tile_size, tile_overlap):
-        return _one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+    tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    with tiling(vae, tiled, tile_size, tile_overlap):
+        return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
 
 
 def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", tile_size: int = 256,
@@ -97,11 +90,11 @@ def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", 
     """
     _check_frames(vae, frames)
     ratio = vae.spatial_compression_ratio
-    tiled = _wants_tiling(tile, max(frames.shape[1:3]), tile_size, tile_overlap, ratio)
+    tiled = wants_tiling(tile, max(frames.shape[1:3]), tile_size, tile_overlap, ratio)
     param = next(vae.parameters())
     # As diffusers' VideoProcessor.preprocess_video: 0..1 -> -1..1 in float32, channels first, one video.
     pixels = (frames.permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1).to(param.device, param.dtype)
-    with _tiling(vae, tiled, tile_size, tile_overlap), torch.no_grad():
+    with tiling(vae, tiled, tile_size, tile_overlap), torch.no_grad():
         return vae.encode(pixels).latent_dist.mode().float().cpu()
 
 
@@ -114,44 +107,6 @@ def _decode_one(vae: AutoencoderKLWan, latent: torch.Tensor) -> torch.Tensor:
     # place because a whole video is hundreds of MB (81 frames at 832x480: 388 MB).
     video = video.to("cpu", torch.float32)
     return video.mul_(0.5).add_(0.5).clamp_(0, 1)[0].permute(1, 2, 3, 0)
-
-
-def _one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                   progress: Progress | None) -> torch.Tensor:
-    """Bound memory to one video's activations, whatever the batch size."""
-    results = []
-    for index, item in enumerate(batch.split(1)):
-        results.append(fn(item))
-        if progress is not None:
-            progress(index + 1, batch.shape[0])
-    return torch.cat(results)
-
-
-@contextmanager
-def _tiling(vae: AutoencoderKLWan, enabled: bool, tile_size: int, tile_overlap: int) -> Iterator[None]:
-    saved = {name: getattr(vae, name) for name in _TILING_STATE}
-    try:
-        if enabled:
-            stride = tile_size - tile_overlap
-            vae.enable_tiling(tile_size, tile_size, stride, stride)
-        else:
-            vae.disable_tiling()
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(vae, name, value)
-
-
-def _wants_tiling(tile: str, frame_size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
-    if tile not in TILE_MODES:
-        raise ValueError(f"tile must be one of {TILE_MODES}, got {tile!r}.")
-    # diffusers steps through the latent by stride // 8: a stride off the latent grid would misplace the tiles.
-    if tile_size < ratio or tile_size % ratio or tile_overlap % ratio or not 0 <= tile_overlap < tile_size:
-        raise ValueError(
-            f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must be multiples of {ratio} pixels (one "
-            f"latent cell), with 0 <= tile_overlap < tile_size."
-        )
-    return tile == "on" or (tile == "auto" and frame_size > tile_size)
 
 
 # ---------------------------------------------------------------------------------------------- validation

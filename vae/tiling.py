@@ -1,0 +1,64 @@
+"""What the DC-AE and Wan decoders share: one call's tiling switch, tile option checks, one item at a time.
+
+Both use diffusers' own tiling (`enable_tiling` / `tiled_decode` / `tiled_encode`); this module only switches it on
+or off for one call and puts the VAE's tiling state back afterwards, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+TILE_MODES = ("auto", "on", "off")
+
+# Every attribute diffusers' `enable_tiling` writes on every VAE, so one call's tiling never leaks into the next.
+_TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+                 "tile_sample_stride_width")
+
+Progress = Callable[[int, int], None]
+
+
+def wants_tiling(tile: str, size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
+    """Whether to tile an image or frame whose larger side is `size` pixels; ValueError for unusable options."""
+    if tile not in TILE_MODES:
+        raise ValueError(f"tile must be one of {TILE_MODES}, got {tile!r}.")
+    # diffusers steps through the latent by stride // ratio: a stride off the latent grid would misplace the tiles.
+    if tile_size < ratio or tile_size % ratio or tile_overlap % ratio or not 0 <= tile_overlap < tile_size:
+        raise ValueError(
+            f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must be multiples of {ratio} pixels (one "
+            f"latent cell), with 0 <= tile_overlap < tile_size."
+        )
+    return tile == "on" or (tile == "auto" and size > tile_size)
+
+
+@contextmanager
+def tiling(vae, enabled: bool, tile_size: int, tile_overlap: int,
+           derived_state: tuple[str, ...] = ()) -> Iterator[None]:
+    """`tile_size` pixel tiles overlapping by `tile_overlap` (or none) inside the block, then the VAE as it was.
+
+    `derived_state`: attributes a VAE's `enable_tiling` writes beyond the common ones, to be put back too.
+    """
+    saved = {name: getattr(vae, name) for name in (*_TILING_STATE, *derived_state)}
+    try:
+        if enabled:
+            stride = tile_size - tile_overlap
+            vae.enable_tiling(tile_size, tile_size, stride, stride)
+        else:
+            vae.disable_tiling()
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+
+
+def one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                  progress: Progress | None) -> torch.Tensor:
+    """Bound memory to one item's activations (an image, a video), whatever the batch size."""
+    results = []
+    for index, item in enumerate(batch.split(1)):
+        results.append(fn(item))
+        if progress is not None:
+            progress(index + 1, batch.shape[0])
+    return torch.cat(results)
