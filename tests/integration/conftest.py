@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 
@@ -65,6 +66,37 @@ class ComfyServer:
                 return entry
             time.sleep(0.5)
         pytest.fail(f"prompt did not finish in {timeout} s\n{self.log_tail()}")
+
+    def run_prompt_ws(self, graph: dict, timeout: float = 300, on_message=None) -> tuple[str, list[dict]]:
+        """Queue a graph while listening on /ws; returns (prompt_id, the JSON messages of that prompt) once it ended.
+
+        `on_message(message, server)` runs for every message, e.g. to interrupt the run.
+        """
+        import websocket
+
+        client_id = uuid.uuid4().hex
+        ws = websocket.create_connection(f"ws{self.url[4:]}/ws?clientId={client_id}", timeout=timeout)
+        try:
+            status, answer = self.post_json("/prompt", {"prompt": graph, "client_id": client_id})
+            assert status == 200, answer
+            prompt_id, messages = answer["prompt_id"], []
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                raw = ws.recv()
+                if isinstance(raw, bytes):  # preview images
+                    continue
+                message = json.loads(raw)
+                if message.get("data", {}).get("prompt_id") != prompt_id:
+                    continue
+                messages.append(message)
+                if on_message is not None:
+                    on_message(message, self)
+                if message["type"] in ("execution_error", "execution_interrupted") or (
+                        message["type"] == "executing" and message["data"]["node"] is None):
+                    return prompt_id, messages
+            pytest.fail(f"prompt did not finish in {timeout} s\n{self.log_tail()}")
+        finally:
+            ws.close()
 
     def log_tail(self, lines: int = 60) -> str:
         with open(self.log_path) as f:
