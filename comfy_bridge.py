@@ -178,8 +178,9 @@ def step_callback(total: int, preview=None):
     progress = Progress(total)
     with_preview = preview is not None and previews_enabled()
 
-    def callback(step: int, _total: int, x0: torch.Tensor) -> None:
+    def callback(step: int, run_total: int, x0: torch.Tensor) -> None:
         check_interrupt()
+        progress.total = run_total  # custom sigmas decide the step count, not the steps input
         progress.update(step, preview(x0) if with_preview else None)
 
     return callback

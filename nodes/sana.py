@@ -6,6 +6,7 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.sana_transformer import load_sana_transformer
+from ..samplers.guidance import pipeline_cfg
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.sana import check_sana_latent, sample_sana, sana_memory_estimate
@@ -54,23 +55,31 @@ class SanaSampler:
                              "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
             "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off."}),
+                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off. "
+                                         "A connected guidance input replaces it."}),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift; 0 = the model's default (3.0, 6.0 for 4K)."}),
             "solver": (list(SOLVERS), {"default": "flow_dpmpp_2m",
-                                       "tooltip": "flow_dpmpp_2m is Sana's own Flow-DPM-Solver; flow_euler is plain Euler."}),
+                                       "tooltip": ("flow_dpmpp_2m is Sana's own Flow-DPM-Solver; flow_euler, flow_heun "
+                                                   "(2 model calls a step) and flow_unipc are the others.")}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }, "optional": {
+            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG); "
+                                                 "overrides cfg."}),
+            "sigmas": ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's "
+                                             "SIGMAS); override steps, shift and denoise. Not with flow_dpmpp_2m."}),
         }}
 
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise):
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise, guidance=None, sigmas=None):
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
         check_sana_latent(latent["samples"], model.module.config.in_channels)
-        transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, cfg))
+        guidance = guidance if guidance is not None else pipeline_cfg(cfg)
+        transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, guidance.uses_uncond))
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_sana(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, denoise,
-                                  callback)
+                                  callback, guidance, sigmas)
         return ({"samples": samples.to(bridge.intermediate_device())},)
 
 

@@ -37,7 +37,8 @@ class WanTransformerLoader:
 
 
 class WanSampler:
-    DESCRIPTION = "Samples a Wan2.1 video latent with classifier-free guidance (denoise < 1 for video-to-video)."
+    DESCRIPTION = ("Samples a Wan2.1 video latent with classifier-free guidance or the connected guidance method "
+                   "(denoise < 1 for video-to-video).")
     CATEGORY = "Wan"
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
@@ -52,7 +53,9 @@ class WanSampler:
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-            "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off. "
+                                         "A connected guidance input replaces it."}),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift; 0 = the model's default (8.0 for 1.3B, 5.0 for 14B)."}),
             "solver": (list(SOLVERS), {"default": "flow_unipc",
@@ -61,9 +64,15 @@ class WanSampler:
                 "default: the solver's spacing, as the diffusers pipeline; simple: ComfyUI's simple scheduler "
                 "(flow_euler), equal to the native KSampler(euler, simple).")}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+        }, "optional": {
+            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG); "
+                                                 "overrides cfg."}),
+            "sigmas": ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's "
+                                             "SIGMAS); override steps, shift and denoise. Not with flow_dpmpp_2m."}),
         }}
 
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, schedule, denoise):
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, schedule, denoise,
+               guidance=None, sigmas=None):
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
         check_wan_latent(latent["samples"], model.module.config.in_channels)
@@ -71,7 +80,7 @@ class WanSampler:
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_wan(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, schedule,
-                                 denoise, callback)
+                                 denoise, callback, guidance, sigmas)
         return ({"samples": samples.to(bridge.intermediate_device())},)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from .conditioning import conditioning_tensors, expand_latent_to_prompts, pad_to_length, repeat_to_batch
-from .loop import StepCallback, prepare_schedule, sample_flow, start_latent
+from .guidance import Guidance, pipeline_cfg
+from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
-from .schedulers import make_scheduler
 
 # DC-AE f32c32's scaling factor (every Sana release uses it): LATENT holds raw VAE latents (ComfyUI's
 # convention), the transformer works on raw * scale.
@@ -22,40 +22,46 @@ def _check_width(embeds: torch.Tensor, width: int) -> None:
         )
 
 
-def _guided_batch(positive, negative, batch: int, use_cfg: bool, width: int):
-    """Embeddings and masks in the reference pipeline's order: [uncond..., cond...]."""
-    cond, cond_mask = conditioning_tensors(positive, "positive")
-    _check_width(cond, width)
-    cond, cond_mask = repeat_to_batch(cond, batch, "positive"), repeat_to_batch(cond_mask, batch, "positive")
-    if not use_cfg:
-        return cond, cond_mask
-    uncond, uncond_mask = conditioning_tensors(negative, "negative")
-    _check_width(uncond, width)
-    uncond, uncond_mask = repeat_to_batch(uncond, batch, "negative"), repeat_to_batch(uncond_mask, batch, "negative")
+def _prompt_batch(conditioning, name: str, batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embeds, mask = conditioning_tensors(conditioning, name)
+    _check_width(embeds, width)
+    return repeat_to_batch(embeds, batch, name), repeat_to_batch(mask, batch, name)
+
+
+def _guided_batch(cond, cond_mask, uncond, uncond_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings and masks in the reference pipeline's order: [uncond..., cond...], padded to one length."""
     length = max(cond.shape[1], uncond.shape[1])
     cond, cond_mask = pad_to_length(cond, cond_mask, length)
     uncond, uncond_mask = pad_to_length(uncond, uncond_mask, length)
     return torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
 
 
-def sana_velocity(transformer, positive, negative, cfg: float, batch: int):
-    """`predict(x, t)`: the transformer's flow velocity with classifier-free guidance, as SanaPipeline computes it."""
-    use_cfg = cfg > 1.0
-    device, dtype = transformer.device, transformer.dtype
-    embeds, mask = _guided_batch(positive, negative, batch, use_cfg, transformer.config.caption_channels)
-    embeds, mask = embeds.to(device, dtype), mask.to(device)
+def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None):
+    """`predict(x, t, step, total)`: the transformer's flow velocity under `guidance` (None: CFG with `cfg`).
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_in = torch.cat([x, x]) if use_cfg else x
+    A guided step runs uncond and cond as one batch, as SanaPipeline does; an unguided step runs cond alone.
+    """
+    guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
+    device, dtype = transformer.device, transformer.dtype
+    width = transformer.config.caption_channels
+    cond, cond_mask = _prompt_batch(positive, "positive", batch, width)
+    pair = None  # the guided steps' [uncond, cond] embeddings and mask
+    if guidance.uses_uncond:
+        embeds, mask = _guided_batch(cond, cond_mask, *_prompt_batch(negative, "negative", batch, width))
+        pair = (embeds.to(device, dtype), mask.to(device))
+    cond_only = (cond.to(device, dtype), cond_mask.to(device))
+
+    def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        guided = guidance.needs_uncond(step, total)
+        x_in = torch.cat([x, x]) if guided else x
+        embeds, mask = pair if guided else cond_only
         timestep = t.expand(x_in.shape[0]) * transformer.config.timestep_scale
         out = transformer(
             x_in.to(dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep,
             return_dict=False,
         )[0].float()
-        if not use_cfg:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + cfg * (cond - uncond)
+        uncond_out, cond_out = out.chunk(2) if guided else (None, out)
+        return guidance.combine(cond_out, uncond_out, step, total)
 
     return predict
 
@@ -80,8 +86,14 @@ def sample_sana(
     solver: str,
     denoise: float = 1.0,
     callback: StepCallback | None = None,
+    guidance: Guidance | None = None,
+    sigmas: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample one LATENT batch; returns raw DC-AE latents on the transformer's device (float32)."""
+    """Sample one LATENT batch; returns raw DC-AE latents on the transformer's device (float32).
+
+    `guidance` (a method from samplers.guidance) replaces the plain CFG of `cfg`; `sigmas` (as given, ComfyUI's
+    SIGMAS) replace steps, shift and denoise.
+    """
     if getattr(transformer.config, "guidance_embeds", False):
         raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance embedding, "
                          "not with flow solvers.")
@@ -89,22 +101,21 @@ def sample_sana(
     check_sana_latent(samples, transformer.config.in_channels)
     device = transformer.device
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
-    scheduler = make_scheduler(solver, shift)
-    schedule = prepare_schedule(scheduler, steps, denoise, device)
+    scheduler, schedule = plan_run(solver, shift, steps, denoise, device, sigmas=sigmas)
     x = start_latent(schedule, noise, samples.to(device, torch.float32) * SANA_LATENT_SCALE)
-    predict = sana_velocity(transformer, positive, negative, cfg, samples.shape[0])
+    predict = sana_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance)
     x = sample_flow(predict, scheduler, schedule, x, callback)
     return x / SANA_LATENT_SCALE
 
 
-def sana_memory_estimate(transformer, latent_shape, cfg: float) -> int:
+def sana_memory_estimate(transformer, latent_shape, guided: bool) -> int:
     """Bytes of activations one forward needs beyond the weights, for ComfyUI to free room before sampling.
 
     An estimate from the widest activation, the GLUMBConv hidden state (2 x mlp_ratio x width per token), plus the
-    attention inputs, with a factor 2 for temporaries.
+    attention inputs, with a factor 2 for temporaries. A `guided` step runs uncond and cond as one batch.
     """
     config = transformer.config
-    batch = latent_shape[0] * (2 if cfg > 1.0 else 1)
+    batch = latent_shape[0] * (2 if guided else 1)
     tokens = latent_shape[-1] * latent_shape[-2]
     width = config.num_attention_heads * config.attention_head_dim
     element = torch.finfo(transformer.dtype).bits // 8

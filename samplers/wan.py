@@ -6,9 +6,9 @@ import torch
 
 from ..vae.wan import to_model_space, to_raw
 from .conditioning import conditioning_tensors, expand_latent_to_prompts, repeat_to_batch
-from .loop import StepCallback, prepare_schedule, sample_flow, start_latent
+from .guidance import Guidance, pipeline_cfg
+from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
-from .schedulers import make_scheduler
 
 
 def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
@@ -21,28 +21,29 @@ def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
     return repeat_to_batch(embeds, batch, name)
 
 
-def wan_velocity(transformer, positive, negative, cfg: float, batch: int):
-    """`predict(x, t)`: the flow velocity with classifier-free guidance, as WanPipeline computes it.
+def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None):
+    """`predict(x, t, step, total)`: the flow velocity under `guidance` (None: CFG with `cfg`), as WanPipeline
+    computes it.
 
     The reference runs cond and uncond as two forwards (no padding mask: prompts are zero-padded to 512 tokens,
-    as the model was trained), which also halves the peak activation memory of a video step.
+    as the model was trained), which also halves the peak activation memory of a video step; an unguided step runs
+    the cond forward alone.
     """
-    use_cfg = cfg > 1.0
+    guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
     device, dtype = transformer.device, transformer.dtype
     width = transformer.config.text_dim
     cond = _embeds(positive, "positive", batch, width).to(device, dtype)
-    uncond = _embeds(negative, "negative", batch, width).to(device, dtype) if use_cfg else None
+    uncond = _embeds(negative, "negative", batch, width).to(device, dtype) if guidance.uses_uncond else None
 
     def forward(x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0]
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
         x_in, timestep = x.to(dtype), t.expand(x.shape[0])
         out = forward(x_in, timestep, cond)
-        if use_cfg:
-            out_uncond = forward(x_in, timestep, uncond)
-            out = out_uncond + cfg * (out - out_uncond)
-        return out.float()
+        out_uncond = forward(x_in, timestep, uncond) if guidance.needs_uncond(step, total) else None
+        # In the model's dtype, as WanPipeline guides.
+        return guidance.combine(out, out_uncond, step, total).float()
 
     return predict
 
@@ -68,16 +69,21 @@ def sample_wan(
     schedule: str = "default",
     denoise: float = 1.0,
     callback: StepCallback | None = None,
+    guidance: Guidance | None = None,
+    sigmas: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32)."""
+    """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32).
+
+    `guidance` (a method from samplers.guidance) replaces the plain CFG of `cfg`; `sigmas` (as given, ComfyUI's
+    SIGMAS) replace steps, shift, schedule and denoise.
+    """
     samples = expand_latent_to_prompts(latent["samples"], positive)
     check_wan_latent(samples, transformer.config.in_channels)
     device = transformer.device
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
-    scheduler = make_scheduler(solver, shift)
-    plan = prepare_schedule(scheduler, steps, denoise, device, schedule)
+    scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)
     x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
-    predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0])
+    predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance)
     return to_raw(sample_flow(predict, scheduler, plan, x, callback))
 
 

@@ -1,0 +1,98 @@
+"""Guidance nodes: each builds one guidance method (samplers.guidance) for the Sana and Wan samplers' `guidance` input.
+
+A method is a GUIDANCE value rather than a model patch, so one sampler node per family serves every method.
+"""
+
+from __future__ import annotations
+
+from ..samplers.guidance import APG, CFG, CFGZeroStar
+
+CATEGORY = "sampling/guidance"
+OUTPUT_TOOLTIP = "Connect to the guidance input of a Sana or Wan sampler; it replaces the sampler's cfg."
+
+
+def _scale(default: float) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Guidance scale: uncond + scale x (cond - uncond); 1.0 is the prompt alone."})
+
+
+RANGE_INPUTS = {
+    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+        "Fraction of the steps after which guidance starts; steps before it use the prompt alone (faster).")}),
+    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+        "Fraction of the steps after which guidance stops; must be above start_percent.")}),
+}
+
+
+class GuidanceCFG:
+    DESCRIPTION = ("Classifier-free guidance, with the optional rescale of Lin et al. 2023 against over-exposure at "
+                   "high scales.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("GUIDANCE",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": _scale(5.0),
+            "rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                "Mixes in the guided velocity rescaled to the prompt's standard deviation; 0 is off, 0.7 is the "
+                "paper's.")}),
+            **RANGE_INPUTS,
+        }}
+
+    def build(self, scale, rescale, start_percent, end_percent):
+        return (CFG(scale, rescale, start_percent, end_percent),)
+
+
+class GuidanceCFGZeroStar:
+    DESCRIPTION = ("CFG-Zero* (Fan et al. 2025): CFG with an optimised scale of the negative prediction, and a zero "
+                   "velocity for the first steps.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("GUIDANCE",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": _scale(5.0),
+            "zero_init_steps": ("INT", {"default": 1, "min": 0, "max": 1000, "step": 1, "tooltip": (
+                "The first steps leave the latent unchanged; the paper zeroes about 4% of the steps.")}),
+            **RANGE_INPUTS,
+        }}
+
+    def build(self, scale, zero_init_steps, start_percent, end_percent):
+        return (CFGZeroStar(scale, zero_init_steps, start_percent, end_percent),)
+
+
+class GuidanceAPG:
+    DESCRIPTION = ("Adaptive projected guidance (Sadat et al. 2024): allows high scales without over-saturation by "
+                   "damping the part of the guidance parallel to the prediction. Defaults as diffusers'.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("GUIDANCE",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": _scale(7.5),
+            "eta": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": (
+                "Weight of the guidance part parallel to the prediction: 1 keeps it, 0 drops it (the paper's).")}),
+            "norm_threshold": ("FLOAT", {"default": 15.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
+                "Clips the guidance to this norm (per sample); 0 is no clipping.")}),
+            "momentum": ("FLOAT", {"default": 0.0, "min": -5.0, "max": 1.0, "step": 0.01, "tooltip": (
+                "Running average of the guidance over the steps; 0 is off, the paper uses negative values.")}),
+            **RANGE_INPUTS,
+        }}
+
+    def build(self, scale, eta, norm_threshold, momentum, start_percent, end_percent):
+        return (APG(scale, eta, norm_threshold, momentum, start_percent, end_percent),)
+
+
+NODE_CLASS_MAPPINGS = {"GuidanceCFG": GuidanceCFG, "GuidanceCFGZeroStar": GuidanceCFGZeroStar,
+                       "GuidanceAPG": GuidanceAPG}
+NODE_DISPLAY_NAME_MAPPINGS = {"GuidanceCFG": "Guidance: CFG", "GuidanceCFGZeroStar": "Guidance: CFG-Zero*",
+                              "GuidanceAPG": "Guidance: APG (Adaptive Projected)"}
