@@ -24,12 +24,15 @@ SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safe
               "vae": "dc-ae-tiny.safetensors"}
 
 
-def tiny_sana_set() -> dict:
-    """In-memory tiny models whose widths fit together: 32 latent channels, captions as wide as the Gemma."""
+def tiny_sana_set(variant: str = "base") -> dict:
+    """In-memory tiny models whose widths fit together: 32 latent channels, captions as wide as the Gemma.
+
+    `variant` is a tiny_sana variant ("sprint" for a Sana-Sprint transformer).
+    """
     spm = train_spm_bytes()
     tokenizer = tokenizer_from_spm(spm)
     gemma = tiny_gemma2(len(tokenizer), seed=1)
-    transformer = tiny_sana_transformer("base", seed=2, in_channels=32, out_channels=32,
+    transformer = tiny_sana_transformer(variant, seed=2, in_channels=32, out_channels=32,
                                         caption_channels=gemma.config.hidden_size)
     return {"spm": spm, "tokenizer": tokenizer, "gemma": gemma, "transformer": transformer, "vae": tiny_dcae(seed=3)}
 
