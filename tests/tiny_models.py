@@ -22,6 +22,7 @@ from tiny_wan_vae import to_original_layout as to_wan_vae_original
 # File names as they appear in the loader nodes' lists once placed by `place_in_comfy_folders`.
 SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safetensors",
               "vae": "dc-ae-tiny.safetensors"}
+SANA_SPRINT_FILE = "sana_sprint_tiny.pth"  # fits the same text encoder and DC-AE
 
 
 def tiny_sana_set(variant: str = "base") -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,13 +107,15 @@ class ComfyServer:
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory):
     from tiny_models import (
-        SANA_FILES, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set, tiny_wan_set,
-        write_sana_files, write_wan_files,
+        SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set,
+        tiny_wan_set, write_sana_files, write_wan_files,
     )
 
     root = str(tmp_path_factory.mktemp("comfy_models"))
     layouts = os.path.join(root, "_layouts")
     place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, root)
+    sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
+    shutil.copy(sprint, os.path.join(root, "diffusion_models", SANA_SPRINT_FILE))
     # 4096-wide text (UMT5-XXL's width) so native ComfyUI, which hard-codes it, can load the tiny Wan transformer.
     place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, root)
     real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))

@@ -6,7 +6,7 @@ import os
 
 from PIL import Image
 from conftest import PACK_NAME
-from tiny_models import SANA_FILES
+from tiny_models import SANA_FILES, SANA_SPRINT_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SANA_NODES = {"SanaTransformerLoader", "SanaTextEncoderLoader", "SanaTextEncode", "EmptySanaLatent", "SanaSampler",
@@ -49,3 +49,15 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(comfy_server):
     status, answer = comfy_server.post_json("/prompt", {"prompt": graph})
     assert status == 400 and "5" in answer["node_errors"], answer
     assert comfy_server.get_json("/system_stats")
+
+
+def test_sprint_workflow_produces_the_image(comfy_server):
+    graph = json.load(open(os.path.join(ROOT, "workflows", "api", "sana_sprint_text_to_image.json")))
+    graph["1"]["inputs"]["model_name"] = SANA_SPRINT_FILE
+    graph["2"]["inputs"]["model_name"] = SANA_FILES["text_encoder"]
+    graph["3"]["inputs"]["vae_name"] = SANA_FILES["vae"]
+    graph["5"]["inputs"].update(width=64, height=96, resolution_bin="off")
+    entry = comfy_server.run_prompt(graph)
+    item = entry["outputs"]["8"]["images"][0]
+    png = comfy_server.get(f"/view?filename={item['filename']}&subfolder={item['subfolder']}&type=output")
+    assert Image.open(io.BytesIO(png)).size == (64, 96)
