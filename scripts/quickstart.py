@@ -1,0 +1,99 @@
+"""Bring up ComfyUI with this pack: `python scripts/quickstart.py [--tiny] [--comfyui PATH] [--port 8188]`.
+
+1. ComfyUI: `--comfyui PATH` or $COMFYUI_PATH, else a clone of the pinned release next to the pack (needs network).
+2. Links the pack into ComfyUI/custom_nodes and installs its requirements into ComfyUI's Python
+   (`--python`, $COMFYUI_PYTHON, else this interpreter).
+3. Models: `--tiny` writes tiny random demo models of every kind into ComfyUI/models (no download; for trying the
+   graphs and the API, not for pictures); without it, prints which files to put where (README's table).
+4. Starts the server on loopback (`--no-start` stops after step 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_NAME = "comfyui-sana-wan"
+COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI"
+COMFYUI_RELEASE = "v0.3.64"  # the release the integration tests run against
+MODEL_FILES = {
+    "diffusion_models": ["Sana_1600M_1024px_BF16.pth (or any Sana checkpoint / diffusers folder)",
+                         "wan2.1_t2v_1.3B_fp16.safetensors"],
+    "text_encoders": ["gemma-2-2b-it/ (HF folder) or gemma_2_2b_fp16.safetensors",
+                      "umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
+    "vae": ["dc-ae-f32c32-sana-1.1-diffusers/", "wan_2.1_vae.safetensors"],
+}
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="an existing ComfyUI checkout")
+    parser.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable),
+                        help="ComfyUI's Python interpreter")
+    parser.add_argument("--tiny", action="store_true", help="write tiny demo models instead of listing real ones")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--no-start", action="store_true", help="prepare everything, do not start the server")
+    return parser.parse_args(argv)
+
+
+def comfyui_checkout(path: str | None) -> str:
+    if path:
+        if not os.path.isfile(os.path.join(path, "main.py")):
+            raise SystemExit(f"'{path}' is not a ComfyUI checkout (no main.py).")
+        return os.path.abspath(path)
+    target = os.path.join(os.path.dirname(PACK), "ComfyUI")
+    if not os.path.isfile(os.path.join(target, "main.py")):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", COMFYUI_RELEASE, COMFYUI_REPO, target], check=True)
+    return target
+
+
+def link_pack(comfyui: str) -> str:
+    link = os.path.join(comfyui, "custom_nodes", PACK_NAME)
+    if os.path.realpath(link) != PACK:
+        if os.path.lexists(link):
+            raise SystemExit(f"{link} exists and is not this pack; move it away first.")
+        os.symlink(PACK, link)
+    return link
+
+
+def write_tiny_models(models_dir: str) -> list[str]:
+    """Tiny random Sana, Sana-Sprint and Wan models under the names the example workflows' loaders list."""
+    sys.path.insert(0, os.path.join(PACK, "tests"))
+    from tiny_models import (SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, tiny_sana_set,
+                             tiny_wan_set, write_sana_files, write_wan_files)
+
+    layouts = os.path.join(models_dir, "_tiny_layouts")
+    place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, models_dir)
+    sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
+    os.replace(sprint, os.path.join(models_dir, "diffusion_models", SANA_SPRINT_FILE))
+    place_in_comfy_folders(write_wan_files(tiny_wan_set(), layouts), WAN_FILES, models_dir)
+    return [*SANA_FILES.values(), SANA_SPRINT_FILE, *WAN_FILES.values()]
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    comfyui = comfyui_checkout(args.comfyui)
+    print(f"pack linked at {link_pack(comfyui)}")
+    subprocess.run([args.python, "-m", "pip", "install", "-q", "-r", os.path.join(PACK, "requirements.txt")],
+                   check=True)
+    models = os.path.join(comfyui, "models")
+    if args.tiny:
+        print("tiny demo models:", ", ".join(write_tiny_models(models)))
+        print("in the example workflows, pick them in the loaders (names with 'tiny').")
+    else:
+        for folder, names in MODEL_FILES.items():
+            print(f"put in {os.path.join(models, folder)}: " + "; ".join(names))
+    if args.no_start:
+        return 0
+    command = [args.python, "main.py", "--listen", "127.0.0.1", "--port", str(args.port)]
+    if subprocess.run([args.python, "-c", "import torch, sys; sys.exit(not torch.cuda.is_available())"]).returncode:
+        command.append("--cpu")
+    print(f"starting ComfyUI at http://127.0.0.1:{args.port}")
+    return subprocess.run(command, cwd=comfyui).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""scripts/quickstart.py prepares a ComfyUI checkout: pack linked, requirements installed, tiny models placed."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quickstart():
+    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(ROOT, "scripts", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_setup_links_the_pack_and_places_loadable_models(tmp_path, capsys):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    assert _quickstart().main(["--comfyui", str(comfyui), "--python", sys.executable, "--tiny", "--no-start"]) == 0
+    assert os.path.realpath(comfyui / "custom_nodes" / "comfyui-sana-wan") == ROOT
+    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES
+
+    from sana_wan.loaders.sana_transformer import load_sana_transformer
+    from sana_wan.loaders.wan_transformer import load_wan_transformer
+    models = comfyui / "models"
+    assert load_sana_transformer(str(models / "diffusion_models" / SANA_SPRINT_FILE))[1].is_sprint
+    assert load_wan_transformer(str(models / "diffusion_models" / WAN_FILES["transformer"]))[0] is not None
+    for folder, name in (("text_encoders", SANA_FILES["text_encoder"]), ("vae", WAN_FILES["vae"])):
+        assert (models / folder / name).is_file()
+    assert "tiny demo models" in capsys.readouterr().out
+
+
+def test_refuses_a_folder_that_is_not_comfyui(tmp_path):
+    with pytest.raises(SystemExit, match="not a ComfyUI checkout"):
+        _quickstart().main(["--comfyui", str(tmp_path), "--no-start"])
