@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_NAME = "comfyui-sana-wan"
@@ -65,11 +67,11 @@ def write_tiny_models(models_dir: str) -> list[str]:
     from tiny_models import (SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, tiny_sana_set,
                              tiny_wan_set, write_sana_files, write_wan_files)
 
-    layouts = os.path.join(models_dir, "_tiny_layouts")
-    place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, models_dir)
-    sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
-    os.replace(sprint, os.path.join(models_dir, "diffusion_models", SANA_SPRINT_FILE))
-    place_in_comfy_folders(write_wan_files(tiny_wan_set(), layouts), WAN_FILES, models_dir)
+    with tempfile.TemporaryDirectory() as layouts:  # every layout is written; only one of each is placed
+        place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, models_dir)
+        sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
+        shutil.copy(sprint, os.path.join(models_dir, "diffusion_models", SANA_SPRINT_FILE))
+        place_in_comfy_folders(write_wan_files(tiny_wan_set(), layouts), WAN_FILES, models_dir)
     return [*SANA_FILES.values(), SANA_SPRINT_FILE, *WAN_FILES.values()]
 
 

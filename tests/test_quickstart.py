@@ -31,6 +31,7 @@ def test_tiny_setup_links_the_pack_and_places_loadable_models(tmp_path, capsys):
     assert load_wan_transformer(str(models / "diffusion_models" / WAN_FILES["transformer"]))[0] is not None
     for folder, name in (("text_encoders", SANA_FILES["text_encoder"]), ("vae", WAN_FILES["vae"])):
         assert (models / folder / name).is_file()
+    assert sorted(os.listdir(models)) == ["diffusion_models", "text_encoders", "vae"], "nothing else in models/"
     assert "tiny demo models" in capsys.readouterr().out
 
 
