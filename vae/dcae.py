@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderDC
 
-from .tiling import Progress, one_at_a_time, tiling, wants_tiling
+from .tiling import Progress, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # AutoencoderDC's `enable_tiling` also derives the tile size in latent cells from the pixel one.
 _DERIVED_TILING_STATE = ("tile_latent_min_height", "tile_latent_min_width")
@@ -25,13 +25,18 @@ def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", t
     dimension, because the whole-image decode's memory grows with the pixel count (Sana's 4K images need tiling)
     while one tile's does not. "on" and "auto" give the same images: diffusers never splits an image that fits in
     one tile.
+    A whole-frame decode that runs out of memory is done again in tiles (logged).
     `progress(done, total)` is called after each image.
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
-    with tiling(vae, tiled, tile_size, tile_overlap, _DERIVED_TILING_STATE):
-        return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+    def run(tiles: bool) -> torch.Tensor:
+        with tiling(vae, tiles, tile_size, tile_overlap, _DERIVED_TILING_STATE):
+            return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+    return tiled_if_out_of_memory(run, tiled, "DC-AE decode")
 
 
 def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", tile_size: int = 1024,

@@ -6,10 +6,13 @@ or off for one call and puts the VAE's tiling state back afterwards, whatever ha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 TILE_MODES = ("auto", "on", "off")
 
@@ -62,3 +65,19 @@ def one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor
         if progress is not None:
             progress(index + 1, batch.shape[0])
     return torch.cat(results)
+
+
+def tiled_if_out_of_memory(run: Callable[[bool], torch.Tensor], tiled: bool, what: str) -> torch.Tensor:
+    """`run(tiled)`, and when a whole-frame run runs out of memory, the same run in tiles, with a log line.
+
+    A decode that fits only in tiles then still gives its images instead of failing the prompt.
+    """
+    if tiled:
+        return run(True)
+    try:
+        return run(False)
+    except torch.OutOfMemoryError:
+        logger.warning("%s: out of memory on whole frames, decoding again in tiles.", what)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return run(True)

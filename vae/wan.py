@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from diffusers import AutoencoderKLWan
 
-from .tiling import Progress, one_at_a_time, tiling, wants_tiling
+from .tiling import Progress, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
 # equal to ComfyUI's latent_formats.Wan21 and to the original wan/modules/vae.py.
@@ -72,13 +72,18 @@ def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto",
     "on" and "auto" give the same frames: diffusers never splits a frame that fits in one tile. Tiled frames differ
     slightly from whole ones (the middle block's attention and the convolutions' borders see one tile), and the
     decoded tiles of the whole video stay on the VAE's device until diffusers blends them.
+    A whole-frame decode that runs out of memory is done again in tiles (logged).
     `progress(done, total)` is called after each video.
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
-    with tiling(vae, tiled, tile_size, tile_overlap):
-        return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+    def run(tiles: bool) -> torch.Tensor:
+        with tiling(vae, tiles, tile_size, tile_overlap):
+            return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+
+    return tiled_if_out_of_memory(run, tiled, "Wan VAE decode")
 
 
 def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", tile_size: int = 256,
