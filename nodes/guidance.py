@@ -6,6 +6,7 @@ A method is a GUIDANCE value rather than a model patch, so one sampler node per 
 from __future__ import annotations
 
 from ..samplers.guidance import APG, CFG, CFGZeroStar
+from ..samplers.perturbed import PAG, SkipLayerGuidance, parse_layers
 
 CATEGORY = "sampling/guidance"
 OUTPUT_TOOLTIP = "Connect to the guidance input of a Sana or Wan sampler; it replaces the sampler's cfg."
@@ -92,7 +93,74 @@ class GuidanceAPG:
         return (APG(scale, eta, norm_threshold, momentum, start_percent, end_percent),)
 
 
+def _range(start: float, end: float, what: str) -> dict:
+    return {
+        "start_percent": ("FLOAT", {"default": start, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            f"Fraction of the steps after which {what} starts.")}),
+        "end_percent": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            f"Fraction of the steps after which {what} stops; must be above start_percent.")}),
+    }
+
+
+def _cfg(default: float) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Classifier-free guidance scale, on every step; 1.0 runs no negative prompt."})
+
+
+class GuidancePAG:
+    DESCRIPTION = ("Perturbed-attention guidance (Ahn et al. 2024) for Sana: CFG plus guidance away from a forward "
+                   "whose self-attention in the chosen blocks is replaced by the identity. As diffusers' "
+                   "SanaPAGPipeline.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("GUIDANCE",)
+    OUTPUT_TOOLTIPS = ("Connect to the guidance input of a Sana sampler; it replaces the sampler's cfg.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                "tooltip": "PAG scale: weight of (cond - perturbed); 0 is CFG alone."}),
+            "layers": ("STRING", {"default": "8", "tooltip": (
+                "Blocks whose self-attention is perturbed, e.g. '8' or '7, 8' (0 is the first block; Sana 1600M "
+                "has 20).")}),
+            "cfg": _cfg(4.5),
+            "adaptive_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": (
+                "Fades the PAG scale over the run: scale - adaptive_scale x (1000 - timestep), at least 0; 0 is "
+                "off.")}),
+            **_range(0.0, 1.0, "the perturbation"),
+        }}
+
+    def build(self, scale, layers, cfg, adaptive_scale, start_percent, end_percent):
+        return (PAG(scale, parse_layers(layers), cfg, adaptive_scale, start_percent, end_percent),)
+
+
+class GuidanceSkipLayer:
+    DESCRIPTION = ("Skip-layer guidance for Wan: CFG plus guidance away from a forward with the chosen blocks "
+                   "skipped, on part of the run. As diffusers' SkipLayerGuidance guider.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("GUIDANCE",)
+    OUTPUT_TOOLTIPS = ("Connect to the guidance input of a Wan sampler; it replaces the sampler's cfg.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                "tooltip": "Skip-layer scale: weight of (cond - skipped); 0 is CFG alone."}),
+            "layers": ("STRING", {"default": "9", "tooltip": (
+                "Blocks to skip, e.g. '9' or '9, 10' (0 is the first block; Wan 1.3B has 30, 14B 40).")}),
+            "cfg": _cfg(5.0),
+            **_range(0.01, 0.2, "skip-layer guidance"),
+        }}
+
+    def build(self, scale, layers, cfg, start_percent, end_percent):
+        return (SkipLayerGuidance(scale, parse_layers(layers), cfg, start_percent, end_percent),)
+
+
 NODE_CLASS_MAPPINGS = {"GuidanceCFG": GuidanceCFG, "GuidanceCFGZeroStar": GuidanceCFGZeroStar,
-                       "GuidanceAPG": GuidanceAPG}
+                       "GuidanceAPG": GuidanceAPG, "GuidancePAG": GuidancePAG, "GuidanceSkipLayer": GuidanceSkipLayer}
 NODE_DISPLAY_NAME_MAPPINGS = {"GuidanceCFG": "Guidance: CFG", "GuidanceCFGZeroStar": "Guidance: CFG-Zero*",
-                              "GuidanceAPG": "Guidance: APG (Adaptive Projected)"}
+                              "GuidanceAPG": "Guidance: APG (Adaptive Projected)",
+                              "GuidancePAG": "Guidance: PAG (Perturbed Attention, Sana)",
+                              "GuidanceSkipLayer": "Guidance: Skip Layer (Wan)"}

@@ -64,7 +64,7 @@ class SanaSampler:
                                                    "(2 model calls a step) and flow_unipc are the others.")}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
         }, "optional": {
-            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG); "
+            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG, PAG); "
                                                  "overrides cfg."}),
             "sigmas": ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's "
                                              "SIGMAS); override steps, shift and denoise. Not with flow_dpmpp_2m."}),

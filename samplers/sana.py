@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .conditioning import conditioning_tensors, expand_latent_to_prompts, pad_to_length, repeat_to_batch
 from .guidance import Guidance, pipeline_cfg
 from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
+from .perturbed import PAG, check_family
 
 # DC-AE f32c32's scaling factor (every Sana release uses it): LATENT holds raw VAE latents (ComfyUI's
 # convention), the transformer works on raw * scale.
@@ -39,9 +42,12 @@ def _guided_batch(cond, cond_mask, uncond, uncond_mask) -> tuple[torch.Tensor, t
 def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None):
     """`predict(x, t, step, total)`: the transformer's flow velocity under `guidance` (None: CFG with `cfg`).
 
-    A guided step runs uncond and cond as one batch, as SanaPipeline does; an unguided step runs cond alone.
+    A guided step runs uncond and cond as one batch, as SanaPipeline does; an unguided step runs cond alone. PAG
+    appends the perturbed cond to the same batch, as SanaPAGPipeline does.
     """
     guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
+    check_family(guidance, "sana", len(transformer.transformer_blocks))
+    pag = guidance if isinstance(guidance, PAG) else None
     device, dtype = transformer.device, transformer.dtype
     width = transformer.config.caption_channels
     cond, cond_mask = _prompt_batch(positive, "positive", batch, width)
@@ -52,14 +58,20 @@ def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guida
     cond_only = (cond.to(device, dtype), cond_mask.to(device))
 
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
-        guided = guidance.needs_uncond(step, total)
-        x_in = torch.cat([x, x]) if guided else x
+        guided = pag.uses_uncond if pag is not None else guidance.needs_uncond(step, total)
+        perturbed = pag is not None and pag.perturbs(step, total)
         embeds, mask = pair if guided else cond_only
+        if perturbed:  # the cond rows once more, for the perturbed forward
+            embeds, mask = torch.cat([embeds, embeds[-batch:]]), torch.cat([mask, mask[-batch:]])
+        x_in = torch.cat([x] * (embeds.shape[0] // batch))
         timestep = t.expand(x_in.shape[0]) * transformer.config.timestep_scale
-        out = transformer(
-            x_in.to(dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep,
-            return_dict=False,
-        )[0].float()
+        with pag.perturbed(transformer) if perturbed else contextlib.nullcontext():
+            out = transformer(
+                x_in.to(dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep,
+                return_dict=False,
+            )[0].float()
+        if pag is not None:
+            return pag.combine(out, t, perturbed)
         uncond_out, cond_out = out.chunk(2) if guided else (None, out)
         return guidance.combine(cond_out, uncond_out, step, total)
 

@@ -9,6 +9,7 @@ from .conditioning import conditioning_tensors, expand_latent_to_prompts, repeat
 from .guidance import Guidance, pipeline_cfg
 from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
+from .perturbed import SkipLayerGuidance, check_family
 
 
 def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
@@ -27,9 +28,10 @@ def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidan
 
     The reference runs cond and uncond as two forwards (no padding mask: prompts are zero-padded to 512 tokens,
     as the model was trained), which also halves the peak activation memory of a video step; an unguided step runs
-    the cond forward alone.
+    the cond forward alone. Skip-layer guidance adds a third forward, of cond with blocks skipped.
     """
     guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
+    check_family(guidance, "wan", len(transformer.blocks))
     device, dtype = transformer.device, transformer.dtype
     width = transformer.config.text_dim
     cond = _embeds(positive, "positive", batch, width).to(device, dtype)
@@ -41,6 +43,13 @@ def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidan
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
         x_in, timestep = x.to(dtype), t.expand(x.shape[0])
         out = forward(x_in, timestep, cond)
+        if isinstance(guidance, SkipLayerGuidance):  # cond, uncond, cond with blocks skipped: the guider's order
+            out_uncond = forward(x_in, timestep, uncond) if guidance.uses_uncond else None
+            skipped = None
+            if guidance.perturbs(step, total):
+                with guidance.perturbed(transformer):
+                    skipped = forward(x_in, timestep, cond)
+            return guidance.combine(out, out_uncond, skipped).float()
         out_uncond = forward(x_in, timestep, uncond) if guidance.needs_uncond(step, total) else None
         # In the model's dtype, as WanPipeline guides.
         return guidance.combine(out, out_uncond, step, total).float()
