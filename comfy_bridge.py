@@ -63,6 +63,12 @@ def compute_dtype(role: str, device: torch.device, supported: list[torch.dtype],
     return torch.float32
 
 
+def memory_fits(required: int, device: torch.device) -> bool:
+    """Whether `required` more bytes fit on the device now, by ComfyUI's free-memory figure (False standalone)."""
+    mm = _comfy("comfy.model_management")
+    return mm is not None and mm.get_free_memory(device) >= required
+
+
 def intermediate_device() -> torch.device:
     """Where IMAGE and LATENT outputs live between nodes."""
     mm = _comfy("comfy.model_management")

@@ -77,11 +77,14 @@ class WanSampler:
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
         check_wan_latent(latent["samples"], model.module.config.in_channels)
-        transformer = model.load(wan_memory_estimate(model.module, latent["samples"].shape))
+        one_pass = wan_memory_estimate(model.module, latent["samples"].shape)
+        transformer = model.load(one_pass)
+        # cond and uncond in one forward when twice the activations fit beside the loaded model
+        batched = bridge.memory_fits(2 * one_pass, model.patcher.load_device)
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_wan(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, schedule,
-                                 denoise, callback, guidance, sigmas)
+                                 denoise, callback, guidance, sigmas, batched)
         return ({"samples": samples.to(bridge.intermediate_device())},)
 
 

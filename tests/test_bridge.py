@@ -24,6 +24,7 @@ def fake_comfy(monkeypatch, tmp_path):
     mm.unet_offload_device = mm.text_encoder_device = mm.text_encoder_offload_device = mm.get_torch_device
     mm.vae_device = mm.vae_offload_device = mm.intermediate_device = mm.get_torch_device
     mm.load_models_gpu = lambda models, **kw: calls["load"].append((models, kw))
+    mm.get_free_memory = lambda device: 1000
 
     def check():
         calls["interrupt_checks"] += 1
@@ -123,3 +124,11 @@ def test_model_names_outside_the_model_folders_are_refused(fake_comfy):
             bridge.resolve_model_path("vae", name)
     with pytest.raises(ValueError, match="was not found"):
         bridge.resolve_model_path("vae", "missing.safetensors")
+
+
+def test_memory_fits_asks_comfyui_for_free_memory(fake_comfy):
+    assert bridge.memory_fits(1000, torch.device("cpu")) and not bridge.memory_fits(1001, torch.device("cpu"))
+
+
+def test_memory_fits_is_false_without_comfyui():
+    assert not bridge.memory_fits(1, torch.device("cpu"))

@@ -61,3 +61,15 @@ def test_wan_solver_equals_wan_pipeline(solver):
         ours = sample_wan(transformer, {"samples": torch.zeros(1, 16, 2, 4, 4)}, make_conditioning(pos, pos_mask),
                           make_conditioning(neg, neg_mask), SEED, STEPS, CFG, 5.0, solver)
     assert (ours - to_raw(expected)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("solver", ["flow_euler", "flow_unipc"])
+def test_wan_cond_uncond_in_one_batch_equals_two_forwards(solver):
+    transformer = tiny_wan_transformer(seed=4, text_dim=32)
+    (pos, pos_mask), (neg, neg_mask) = _embeds(2, 16, 32, 9), _embeds(2, 16, 32, 3)
+    args = ({"samples": torch.zeros(2, 16, 2, 4, 4)}, make_conditioning(pos, pos_mask), make_conditioning(neg, neg_mask),
+            SEED, STEPS, CFG, 5.0, solver)
+    with torch.inference_mode():
+        separate = sample_wan(transformer, *args)
+        batched = sample_wan(transformer, *args, batched=True)
+    assert (batched - separate).abs().max() <= 1e-5
