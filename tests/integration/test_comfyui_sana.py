@@ -33,6 +33,24 @@ def test_pack_imports_and_lists_its_nodes(comfy_server):
     assert info["SanaSampler"]["output"] == ["LATENT"] and info["SanaSampler"]["category"] == "Sana"
 
 
+def test_object_info_lists_every_node_as_declared(comfy_server):
+    import sana_wan
+
+    info = comfy_server.get_json("/object_info")
+    for name, cls in sana_wan.NODE_CLASS_MAPPINGS.items():
+        served = info[name]
+        assert served["category"] == cls.CATEGORY and served["output"] == list(cls.RETURN_TYPES), name
+        assert served["display_name"] == sana_wan.NODE_DISPLAY_NAME_MAPPINGS[name]
+        for section, inputs in cls.INPUT_TYPES().items():
+            for input_name, spec in inputs.items():
+                served_spec = served["input"][section][input_name]
+                if isinstance(spec[0], str):
+                    assert served_spec[0] == spec[0], f"{name}.{input_name}"
+                tooltip = spec[1].get("tooltip") if len(spec) > 1 else None
+                if tooltip:
+                    assert served_spec[1]["tooltip"] == tooltip, f"{name}.{input_name}"
+
+
 def test_example_workflow_produces_the_image(comfy_server):
     entry = comfy_server.run_prompt(_example_graph(seed=7))
     images = entry["outputs"]["8"]["images"]
