@@ -1,4 +1,4 @@
-"""Every solver with both families equals the diffusers pipeline (same weights, conditioning and noise).
+"""Every solver with both families equals the diffusers pipeline step for step (same weights, conditioning, noise).
 
 The README's support table points here for the solver cells; guidance methods are covered in test_guidance.py,
 Sana-Sprint's sCM in test_sana_sprint.py.
@@ -10,12 +10,14 @@ from diffusers import SanaPipeline, WanPipeline
 from tiny_sana import tiny_sana_transformer
 from tiny_wan import tiny_wan_transformer
 
+from sana_wan.samplers import sana as sana_sampler
+from sana_wan.samplers import wan as wan_sampler
 from sana_wan.samplers.conditioning import make_conditioning
 from sana_wan.samplers.noise import comfy_noise
 from sana_wan.samplers.sana import SANA_LATENT_SCALE, sample_sana
 from sana_wan.samplers.schedulers import SOLVERS, make_scheduler
 from sana_wan.samplers.wan import sample_wan
-from sana_wan.vae.wan import to_raw
+from sana_wan.vae.wan import to_model_space, to_raw
 
 STEPS, CFG, SEED = 4, 4.0, 17
 
@@ -28,39 +30,84 @@ def _embeds(batch, length, width, valid):
     return embeds, mask
 
 
+def _recording(monkeypatch, module, name):
+    """Wrap module.name (a velocity factory) so every latent handed to the model is recorded, in order."""
+    seen = []
+    factory = getattr(module, name)
+
+    def recording_factory(*args, **kwargs):
+        predict = factory(*args, **kwargs)
+
+        def recorded(x, *rest):
+            seen.append(x.clone())
+            return predict(x, *rest)
+
+        return recorded
+
+    monkeypatch.setattr(module, name, recording_factory)
+    return seen
+
+
+def _pipeline_trajectory():
+    """A callback_on_step_end that records the latents after every scheduler step."""
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        seen.append(kwargs["latents"].clone())
+        return {}
+
+    return seen, callback
+
+
+def _assert_same_trajectory(ours_inputs, ours_final, reference):
+    """Our latent before each model call (after the first) and at the end equal the pipeline's after each step
+    (all in the transformer's latent space)."""
+    ours = ours_inputs[1:] + [ours_final]
+    assert len(ours) == len(reference)
+    for step, (mine, theirs) in enumerate(zip(ours, reference)):
+        assert (mine - theirs).abs().max() <= 1e-5, f"step {step}"
+
+
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_sana_solver_equals_sana_pipeline(solver):
+def test_sana_solver_equals_sana_pipeline(solver, monkeypatch):
     transformer = tiny_sana_transformer(seed=3, in_channels=32, out_channels=32, caption_channels=48)
     (pos, pos_mask), (neg, neg_mask) = _embeds(1, 10, 48, 7), _embeds(1, 10, 48, 2)
     noise = comfy_noise((1, 32, 2, 3), SEED)
+    inputs = _recording(monkeypatch, sana_sampler, "sana_velocity")
+    reference, callback = _pipeline_trajectory()
     pipe = SanaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
                         scheduler=make_scheduler(solver, 3.0))
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(prompt_embeds=pos, prompt_attention_mask=pos_mask, negative_prompt=None,
                     negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask, latents=noise.clone(),
                     height=64, width=96, num_inference_steps=STEPS, guidance_scale=CFG, use_resolution_binning=False,
-                    output_type="latent").images
+                    output_type="latent", callback_on_step_end=callback).images
     with torch.inference_mode():
         ours = sample_sana(transformer, {"samples": torch.zeros(1, 32, 2, 3)}, make_conditioning(pos, pos_mask),
                            make_conditioning(neg, neg_mask), SEED, STEPS, CFG, 3.0, solver)
     assert (ours * SANA_LATENT_SCALE - expected).abs().max() <= 1e-5
+    _assert_same_trajectory(inputs, ours * SANA_LATENT_SCALE, reference)
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_wan_solver_equals_wan_pipeline(solver):
+def test_wan_solver_equals_wan_pipeline(solver, monkeypatch):
     transformer = tiny_wan_transformer(seed=4, text_dim=32)
     (pos, pos_mask), (neg, neg_mask) = _embeds(1, 16, 32, 9), _embeds(1, 16, 32, 3)
     pos, neg = pos * pos_mask[..., None], neg * neg_mask[..., None]  # Wan's embeddings are zero past the prompt
     noise = comfy_noise((1, 16, 2, 4, 4), SEED)
+    inputs = _recording(monkeypatch, wan_sampler, "wan_velocity")
+    reference, callback = _pipeline_trajectory()
     pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=None,
                        scheduler=make_scheduler(solver, 5.0))
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=noise.clone(), height=32, width=32,
-                    num_frames=5, num_inference_steps=STEPS, guidance_scale=CFG, output_type="latent").frames
+                    num_frames=5, num_inference_steps=STEPS, guidance_scale=CFG, output_type="latent",
+                    callback_on_step_end=callback).frames
     with torch.inference_mode():
         ours = sample_wan(transformer, {"samples": torch.zeros(1, 16, 2, 4, 4)}, make_conditioning(pos, pos_mask),
                           make_conditioning(neg, neg_mask), SEED, STEPS, CFG, 5.0, solver)
     assert (ours - to_raw(expected)).abs().max() <= 1e-5
+    _assert_same_trajectory(inputs, to_model_space(ours), reference)
 
 
 @pytest.mark.parametrize("solver", ["flow_euler", "flow_unipc"])
