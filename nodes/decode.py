@@ -8,11 +8,25 @@ from .. import comfy_bridge as bridge
 from ..loaders.dcae import load_dcae
 from ..loaders.wan_vae import load_wan_vae
 from ..samplers.latents import check_frame_count
-from ..vae.dcae import decode_dcae, encode_dcae
-from ..vae.wan import decode_wan, encode_wan
+from ..vae.dcae import dcae_decode_memory, decode_dcae, encode_dcae
+from ..vae.wan import decode_wan, encode_wan, wan_decode_memory
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 
 FOLDERS = ("vae",)
+
+
+def _load_for_decode(vae, latent_shape, tiling: str, tile_size: int, memory) -> tuple:
+    """(the VAE on its device, the tiling mode to use), with ComfyUI asked to make room for the decode first.
+
+    Inside ComfyUI "auto" decodes whole frames when they fit the free memory after making room, else in tiles;
+    standalone (no memory figure) it tiles frames larger than a tile.
+    """
+    tiled = tiling == "on"
+    model = vae.load(memory(vae.module, latent_shape, tiled, tile_size))
+    if tiling == "auto" and bridge.in_comfyui():
+        whole = memory(model, latent_shape, False, tile_size)
+        tiling = "off" if bridge.memory_fits(whole, vae.patcher.load_device) else "on"
+    return model, tiling
 
 
 class DCAELoader:
@@ -43,7 +57,8 @@ class DCAEDecode:
             "vae": ("DCAE_VAE",),
             "samples": ("LATENT",),
             "tiling": (["auto", "on", "off"], {"default": "auto",
-                                               "tooltip": "auto tiles images larger than the tile size."}),
+                                               "tooltip": ("auto: whole images when they fit in free memory (tiles when "
+                                                           "not); any out-of-memory retries in tiles.")}),
             "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 32,
                                   "tooltip": "Tile edge in pixels; 1024 avoids seams in flat areas at 4K."}),
             "tile_overlap": ("INT", {"default": 128, "min": 32, "max": 1024, "step": 32}),
@@ -52,7 +67,7 @@ class DCAEDecode:
     def decode(self, vae, samples, tiling, tile_size, tile_overlap):
         if tile_overlap >= tile_size:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
-        model = vae.load()
+        model, tiling = _load_for_decode(vae, samples["samples"].shape, tiling, tile_size, dcae_decode_memory)
         with torch.inference_mode():
             images = decode_dcae(model, samples["samples"], tiling, tile_size, tile_overlap)
         return (images,)
@@ -106,7 +121,8 @@ class WanVAEDecode:
             "vae": ("WAN_VAE",),
             "samples": ("LATENT",),
             "tiling": (["auto", "on", "off"], {"default": "auto",
-                                               "tooltip": "auto tiles frames larger than the tile size."}),
+                                               "tooltip": ("auto: whole frames when they fit in free memory (tiles when "
+                                                           "not); any out-of-memory retries in tiles.")}),
             "tile_size": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 32,
                                   "tooltip": "Tile edge in pixels for tiled decoding (on, or auto above this size)."}),
             "tile_overlap": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
@@ -115,7 +131,7 @@ class WanVAEDecode:
     def decode(self, vae, samples, tiling, tile_size, tile_overlap):
         if tile_overlap >= tile_size:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
-        model = vae.load()
+        model, tiling = _load_for_decode(vae, samples["samples"].shape, tiling, tile_size, wan_decode_memory)
         with torch.inference_mode():
             frames = decode_wan(model, samples["samples"], tiling, tile_size, tile_overlap)
         return (frames, frames.shape[0] // samples["samples"].shape[0])

@@ -132,3 +132,21 @@ def test_memory_fits_asks_comfyui_for_free_memory(fake_comfy):
 
 def test_memory_fits_is_false_without_comfyui():
     assert not bridge.memory_fits(1, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("free, expected", [(10**12, "off"), (1000, "on")])
+def test_auto_decode_tiles_when_the_whole_image_does_not_fit(fake_comfy, monkeypatch, free, expected):
+    from tiny_dcae import tiny_dcae
+
+    from sana_wan.nodes.decode import _load_for_decode
+    from sana_wan.vae.dcae import dcae_decode_memory
+
+    calls, _ = fake_comfy
+    monkeypatch.setattr(sys.modules["comfy.model_management"], "get_free_memory", lambda device: free)
+    vae = tiny_dcae()
+    handle = bridge.ModelHandle(vae, "vae")
+    model, mode = _load_for_decode(handle, (1, 32, 64, 64), "auto", 1024, dcae_decode_memory)
+    assert model is vae and mode == expected
+    whole = dcae_decode_memory(vae, (1, 32, 64, 64), False, 1024)
+    assert calls["load"][0][1]["memory_required"] == whole, "ComfyUI is asked to make room for a whole decode"
+    assert dcae_decode_memory(vae, (1, 32, 64, 64), True, 1024) == whole // 4, "a 1024 px tile is 32x32 of 64x64"

@@ -10,10 +10,20 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderDC
 
-from .tiling import Progress, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
+from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # AutoencoderDC's `enable_tiling` also derives the tile size in latent cells from the pixel one.
 _DERIVED_TILING_STATE = ("tile_latent_min_height", "tile_latent_min_width")
+
+
+# Peak activation bytes per latent cell per byte of dtype when decoding: measured on CPU with Sana's f32c32 DC-AE
+# (random weights, fp32): +205 MiB at 256 px, +743 MiB at 512 px, i.e. ~760k; rounded up.
+DECODE_BYTES_PER_CELL = 800_000
+
+
+def dcae_decode_memory(vae: AutoencoderDC, latent_shape, tiled: bool, tile_size: int) -> int:
+    """Bytes of activations a decode needs beyond the weights, for ComfyUI to make room before it."""
+    return decode_memory(DECODE_BYTES_PER_CELL, vae, latent_shape, tiled, tile_size)
 
 
 def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", tile_size: int = 1024,

@@ -81,3 +81,14 @@ def tiled_if_out_of_memory(run: Callable[[bool], torch.Tensor], tiled: bool, wha
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return run(True)
+
+
+def decode_memory(bytes_per_cell: float, vae, latent_shape, tiled: bool, tile_size: int) -> int:
+    """Activation bytes of decoding one image / frame: `bytes_per_cell` per latent cell per byte of the VAE's
+    dtype, over the whole latent or over one tile of `tile_size` pixels."""
+    ratio = vae.spatial_compression_ratio
+    height, width = latent_shape[-2:]
+    if tiled:
+        height, width = min(height, tile_size // ratio), min(width, tile_size // ratio)
+    element = torch.finfo(vae.dtype).bits // 8
+    return int(bytes_per_cell * height * width * element)

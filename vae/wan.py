@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from diffusers import AutoencoderKLWan
 
-from .tiling import Progress, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
+from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
 # equal to ComfyUI's latent_formats.Wan21 and to the original wan/modules/vae.py.
@@ -60,6 +60,16 @@ def _mean_and_std_inv(like: torch.Tensor, vae_config: Mapping | None) -> tuple[t
 
 
 # ---------------------------------------------------------------------------------------------- decode / encode
+
+
+# ComfyUI's figure for the Wan2.1 VAE (comfy/sd.py: 7000 x 8 x 8 per latent cell per byte of dtype); it bounds the
+# peak measured by bench/wan_vae_decode_memory.py on CPU (~330k at 480x832, fp32).
+DECODE_BYTES_PER_CELL = 7000 * 8 * 8
+
+
+def wan_decode_memory(vae: AutoencoderKLWan, latent_shape, tiled: bool, tile_size: int) -> int:
+    """Bytes of activations decoding one frame needs beyond the weights (frames are decoded one at a time)."""
+    return decode_memory(DECODE_BYTES_PER_CELL, vae, latent_shape, tiled, tile_size)
 
 
 def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto", tile_size: int = 256,
