@@ -7,6 +7,7 @@ reason. The server listens on loopback only, loads only this pack, and reads tin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "comfyui-sana-wan"
 REAL_SIZE_WAN_VAE = "wan_2.1_vae_random_real_size.safetensors"
+VRAM_FLAGS = {"--lowvram", "--novram", "--highvram", "--gpu-only"}
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -122,8 +124,9 @@ def comfy_models_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, comfy_models_dir):
+@contextlib.contextmanager
+def _running_server(tmp_path_factory, models_dir: str, memory_flags: tuple[str, ...] = ()):
+    """A ComfyUI process on a free loopback port with only this pack and the tiny models; stopped on exit."""
     comfy_path, comfy_python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON")
     if not comfy_path or not comfy_python:
         pytest.skip("COMFYUI_PATH / COMFYUI_PYTHON are not set: no real ComfyUI to run the integration tests in "
@@ -135,14 +138,16 @@ def comfy_server(tmp_path_factory, comfy_models_dir):
     output = work / "output"
     config = work / "extra_model_paths.yaml"
     config.write_text(
-        f"sana_wan_tests:\n  base_path: {comfy_models_dir}\n  diffusion_models: diffusion_models\n"
+        f"sana_wan_tests:\n  base_path: {models_dir}\n  diffusion_models: diffusion_models\n"
         f"  text_encoders: text_encoders\n  vae: vae\n  custom_nodes: {custom_nodes}\n"
     )
     port = _free_port()
     log_path = str(work / "server.log")
-    command = [comfy_python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    device = [] if set(memory_flags) & VRAM_FLAGS else ["--cpu"]  # ComfyUI takes no VRAM state with --cpu
+    command = [comfy_python, "main.py", *device, "--listen", "127.0.0.1", "--port", str(port),
                "--disable-auto-launch", "--extra-model-paths-config", str(config), "--output-directory", str(output),
-               "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, "--preview-method", "latent2rgb"]
+               "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, "--preview-method", "latent2rgb",
+               *memory_flags]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT)
     server = ComfyServer(f"http://127.0.0.1:{port}", str(output), log_path)
@@ -152,6 +157,27 @@ def comfy_server(tmp_path_factory, comfy_models_dir):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, comfy_models_dir):
+    with _running_server(tmp_path_factory, comfy_models_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=[("--disable-smart-memory",), ("--lowvram",), ("--novram",)],
+                ids=lambda flags: " ".join(flags))
+def comfy_server_memory_mode(request, tmp_path_factory, comfy_models_dir):
+    """A server started with one of ComfyUI's memory-management flags (the VRAM states need a CUDA GPU)."""
+    if set(request.param) & VRAM_FLAGS and os.environ.get("COMFYUI_PYTHON") and not _comfy_has_cuda():
+        pytest.skip(f"{' '.join(request.param)} needs a CUDA GPU: ComfyUI refuses it with --cpu and fails without one.")
+    with _running_server(tmp_path_factory, comfy_models_dir, request.param) as server:
+        yield server
+
+
+def _comfy_has_cuda() -> bool:
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([os.environ["COMFYUI_PYTHON"], "-c", probe]).returncode == 0
 
 
 def _wait_until_up(server: ComfyServer, process: subprocess.Popen, timeout: float = 180) -> None:
