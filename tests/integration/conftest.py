@@ -106,8 +106,17 @@ class ComfyServer:
             return "".join(f.readlines()[-lines:])
 
 
+def _require_comfyui() -> tuple[str, str]:
+    comfy_path, comfy_python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON")
+    if not comfy_path or not comfy_python:
+        pytest.skip("COMFYUI_PATH / COMFYUI_PYTHON are not set: no real ComfyUI to run the integration tests in "
+                    "(set them up with ../shared/tools/comfyui-harness.sh setup ...).")
+    return comfy_path, comfy_python
+
+
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory):
+    _require_comfyui()  # before writing models nobody would use
     from tiny_models import (
         SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set,
         tiny_wan_set, write_sana_files, write_wan_files,
@@ -127,10 +136,7 @@ def comfy_models_dir(tmp_path_factory):
 @contextlib.contextmanager
 def _running_server(tmp_path_factory, models_dir: str, memory_flags: tuple[str, ...] = ()):
     """A ComfyUI process on a free loopback port with only this pack and the tiny models; stopped on exit."""
-    comfy_path, comfy_python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON")
-    if not comfy_path or not comfy_python:
-        pytest.skip("COMFYUI_PATH / COMFYUI_PYTHON are not set: no real ComfyUI to run the integration tests in "
-                    "(set them up with ../shared/tools/comfyui-harness.sh setup ...).")
+    comfy_path, comfy_python = _require_comfyui()
     work = tmp_path_factory.mktemp("comfy_run")
     custom_nodes = work / "custom_nodes"
     custom_nodes.mkdir()
