@@ -36,3 +36,22 @@ def resolve_dtype(choice: str, role: str, supported: list[torch.dtype]) -> torch
         return DTYPES[choice]
     load_device, _ = bridge.devices(role)
     return bridge.compute_dtype(role, load_device, supported)
+
+
+# Sampler inputs both families share.
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                      "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."})
+DENOISE_INPUT = ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                           "tooltip": "Below 1: start from the input latent noised to this level (img2img / v2v)."})
+SIGMAS_INPUT = ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's SIGMAS); "
+                                      "override steps, shift and denoise. Not with flow_dpmpp_2m."})
+
+
+def cfg_input(default: float) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off. A connected "
+                                 "guidance input replaces it."})
+
+
+def guidance_input(methods: str) -> tuple:
+    return ("GUIDANCE", {"tooltip": f"A guidance method from sampling/guidance ({methods}); overrides cfg."})

@@ -11,7 +11,10 @@ from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.sana import check_sana_latent, sample_sana, sana_memory_estimate
 from ..samplers.schedulers import SOLVERS
-from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+from .options import (
+    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, model_choices, resolve_dtype,
+    resolve_model,
+)
 
 FOLDERS = ("diffusion_models",)
 
@@ -51,26 +54,19 @@ class SanaSampler:
             "positive": ("CONDITIONING",),
             "negative": ("CONDITIONING",),
             "latent": ("LATENT", {"tooltip": "Empty Sana Latent for text-to-image, or an encoded image."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
+            "seed": SEED_INPUT,
             "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
-            "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off. "
-                                         "A connected guidance input replaces it."}),
+            "cfg": cfg_input(4.5),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift; 0 = the model's default (3.0, 6.0 for 4K)."}),
             "solver": (list(SOLVERS), {"default": "flow_dpmpp_2m",
                                        "tooltip": ("flow_dpmpp_2m is Sana's own Flow-DPM-Solver; flow_euler, flow_heun "
                                                    "(2 model calls a step) and flow_unipc are the others.")}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
-        }, "optional": {
-            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG, PAG); "
-                                                 "overrides cfg."}),
-            "sigmas": ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's "
-                                             "SIGMAS); override steps, shift and denoise. Not with flow_dpmpp_2m."}),
-        }}
+            "denoise": DENOISE_INPUT,
+        }, "optional": {"guidance": guidance_input("CFG, CFG-Zero*, APG, PAG"), "sigmas": SIGMAS_INPUT}}
 
-    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise, guidance=None, sigmas=None):
+    def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, denoise, guidance=None,
+               sigmas=None):
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
         check_sana_latent(latent["samples"], model.module.config.in_channels)

@@ -10,7 +10,10 @@ from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.schedulers import SCHEDULES, SOLVERS
 from ..samplers.wan import check_wan_latent, sample_wan, wan_memory_estimate
-from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+from .options import (
+    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, model_choices, resolve_dtype,
+    resolve_model,
+)
 
 FOLDERS = ("diffusion_models",)
 
@@ -50,27 +53,19 @@ class WanSampler:
             "positive": ("CONDITIONING",),
             "negative": ("CONDITIONING",),
             "latent": ("LATENT", {"tooltip": "Empty Wan Latent Video, or encoded frames for video-to-video."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed; the same seed gives the same noise as ComfyUI's KSampler."}),
+            "seed": SEED_INPUT,
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-            "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance scale; 1.0 or less turns guidance off. "
-                                         "A connected guidance input replaces it."}),
+            "cfg": cfg_input(6.0),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                 "tooltip": "Flow shift; 0 = the model's default (8.0 for 1.3B, 5.0 for 14B)."}),
             "solver": (list(SOLVERS), {"default": "flow_unipc",
-                                       "tooltip": "flow_unipc (bh2) is Wan's own solver."}),
+                                       "tooltip": ("flow_unipc (bh2) is Wan's own solver; flow_euler, flow_heun (2 "
+                                                   "model calls a step) and flow_dpmpp_2m are the others.")}),
             "schedule": (list(SCHEDULES), {"default": "default", "tooltip": (
                 "default: the solver's spacing, as the diffusers pipeline; simple: ComfyUI's simple scheduler "
                 "(flow_euler), equal to the native KSampler(euler, simple).")}),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
-        }, "optional": {
-            "guidance": ("GUIDANCE", {"tooltip": "A guidance method from sampling/guidance (CFG, CFG-Zero*, APG, "
-                                                 "Skip Layer); "
-                                                 "overrides cfg."}),
-            "sigmas": ("SIGMAS", {"tooltip": "Noise levels to visit, as given (Flow Sigmas / Custom Sigmas, ComfyUI's "
-                                             "SIGMAS); override steps, shift and denoise. Not with flow_dpmpp_2m."}),
-        }}
+            "denoise": DENOISE_INPUT,
+        }, "optional": {"guidance": guidance_input("CFG, CFG-Zero*, APG, Skip Layer"), "sigmas": SIGMAS_INPUT}}
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, schedule, denoise,
                guidance=None, sigmas=None):
