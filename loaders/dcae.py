@@ -16,7 +16,7 @@ from diffusers import AutoencoderDC
 from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
 
 from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes
-from .detect import detect_family
+from .detect import require_family
 from .meta_build import build_on_meta, cast_floats, check_layout, stored_dtype
 
 # Latent scale of dc-ae-f32c32-sana-1.0/1.1 (their config.json); single files do not carry it.
@@ -66,9 +66,8 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _check_family(state_dict: Mapping, name: str) -> None:
-    family = detect_family(state_dict.keys())
-    if family != _FAMILY:
-        raise ValueError(f"'{name}' is not a DC-AE VAE (detected: {family}); pick Sana's DC-AE file in this loader.")
+    require_family(state_dict.keys(), _FAMILY, lambda family: (
+        f"'{name}' is not a DC-AE VAE (detected: {family}); pick Sana's DC-AE file in this loader."))
 
 
 def _build(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, name: str) -> AutoencoderDC:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # (family, keys of which one must be present), first match wins; keys are checked with and without the usual
 # ComfyUI / diffusers prefixes.
 _SIGNATURES = [
@@ -31,6 +33,13 @@ def detect_family(keys) -> str:
         if any(prefix + key in keys for key in signature for prefix in _PREFIXES):
             return family
     return "unknown model"
+
+
+def require_family(keys, expected: str, refusal: Callable[[str], str]) -> None:
+    """ValueError with the message `refusal(detected family)` unless the keys are of the `expected` family."""
+    family = detect_family(keys)
+    if family != expected:
+        raise ValueError(refusal(family))
 
 
 def require_transformer(keys, name: str, model: str) -> bool:

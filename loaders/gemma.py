@@ -18,7 +18,7 @@ from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes,
     weight_files_in_folder,
 )
-from .detect import detect_family
+from .detect import require_family
 from .meta_build import COMPUTE_DTYPES, cast_floats, left_on_meta
 from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
@@ -118,12 +118,10 @@ def build_gemma2(config: Gemma2Config, state_dict: dict[str, torch.Tensor], dtyp
 
 
 def _check_family(keys, path: str) -> None:
-    family = detect_family(keys)
-    if family != GEMMA_FAMILY:
-        raise ValueError(
-            f"'{os.path.basename(path.rstrip(os.sep))}' was detected as: {family}. Sana needs the Gemma-2 text "
-            f"encoder (gemma-2-2b-it): pick a Gemma-2 file or folder."
-        )
+    name = os.path.basename(path.rstrip(os.sep))
+    require_family(keys, GEMMA_FAMILY, lambda family: (
+        f"'{name}' was detected as: {family}. Sana needs the Gemma-2 text encoder (gemma-2-2b-it): pick a Gemma-2 "
+        "file or folder."))
 
 
 def tokenizer_from_folder(folder: str) -> GemmaTokenizer:

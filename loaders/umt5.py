@@ -22,7 +22,7 @@ from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, tensor_shapes, weight_files_in_folder,
 )
-from .detect import detect_family
+from .detect import require_family
 from .meta_build import key_mismatch, left_on_meta
 from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
@@ -197,12 +197,10 @@ def build_umt5(config: UMT5Config, state_dict: dict[str, torch.Tensor], dtype: t
 
 
 def _check_family(keys, path: str) -> None:
-    family = detect_family(keys)
-    if family != UMT5_FAMILY:
-        raise ValueError(
-            f"'{os.path.basename(path.rstrip(os.sep))}' was detected as: {family}. Wan needs the UMT5-XXL text "
-            f"encoder (umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled / models_t5_umt5-xxl-enc-bf16.pth)."
-        )
+    name = os.path.basename(path.rstrip(os.sep))
+    require_family(keys, UMT5_FAMILY, lambda family: (
+        f"'{name}' was detected as: {family}. Wan needs the UMT5-XXL text encoder (umt5_xxl_fp16 / "
+        "umt5_xxl_fp8_e4m3fn_scaled / models_t5_umt5-xxl-enc-bf16.pth)."))
 
 
 def tokenizer_from_folder(folder: str) -> T5Tokenizer:

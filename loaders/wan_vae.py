@@ -23,7 +23,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from ..vae.wan import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 from .checkpoint import load_folder_state_dict, load_state_dict, read_json, strip_prefix, tensor_shapes
-from .detect import detect_family
+from .detect import require_family
 from .meta_build import build_on_meta, cast_floats, check_layout, left_on_meta, stored_dtype
 
 _FAMILY = "Wan VAE"
@@ -73,9 +73,8 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _check_family(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
-    family = detect_family(state_dict.keys())
-    if family != _FAMILY:
-        raise ValueError(f"'{name}' is not a Wan VAE (detected: {family}); pick the Wan2.1 VAE file in this loader.")
+    require_family(state_dict.keys(), _FAMILY, lambda family: (
+        f"'{name}' is not a Wan VAE (detected: {family}); pick the Wan2.1 VAE file in this loader."))
     latent = state_dict.get("conv2.weight", state_dict.get("post_quant_conv.weight"))
     channels = latent.shape[0] if latent is not None else None
     if channels == 48 or any(key in state_dict for key in _WAN22_KEYS):
