@@ -89,6 +89,9 @@ class StandalonePatcher:
     def model_size(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
 
+    def clone(self) -> "StandalonePatcher":
+        return StandalonePatcher(self.model, self.load_device, self.offload_device)
+
 
 def make_patcher(holder: torch.nn.Module, role: str):
     """One ModelPatcher over a plain holder module (never the diffusers model itself: its `device` is read-only)."""
@@ -131,6 +134,17 @@ class ModelHandle:
     def __init__(self, module: torch.nn.Module, role: str, **info):
         self.patcher = make_patcher(_Holder(module), role)
         self.info = info
+
+    def clone(self, **info_updates) -> "ModelHandle":
+        """A new handle on the same weights (ComfyUI's `ModelPatcher.clone`), with `info` updated.
+
+        Nodes that change how a model runs (LoRA, memory or speed options) return a clone: the loader's cached
+        handle, which other branches of the graph may use, stays as it was.
+        """
+        handle = ModelHandle.__new__(ModelHandle)
+        handle.patcher = self.patcher.clone()
+        handle.info = {**self.info, **info_updates}
+        return handle
 
     @property
     def module(self) -> torch.nn.Module:

@@ -40,6 +40,9 @@ def fake_comfy(monkeypatch, tmp_path):
             self.model, self.load_device, self.offload_device = model, load_device, offload_device
             model.device = offload_device  # what the real one does: fails on diffusers models
 
+        def clone(self):
+            return ModelPatcher(self.model, self.load_device, self.offload_device)
+
     mp.ModelPatcher = ModelPatcher
 
     utils = types.ModuleType("comfy.utils")
@@ -81,6 +84,21 @@ def test_one_patcher_over_a_plain_holder_loaded_through_the_vram_manager(fake_co
     assert [c[0] for c in calls["load"]] == [[patcher], [patcher]], "the same patcher every time"
     assert calls["load"][0][1] == {"memory_required": 1234, "force_full_load": True}
     assert patcher.model is not module and patcher.model.module is module
+
+
+def test_clone_shares_the_weights_with_a_new_patcher_and_leaves_the_original_as_it_was(fake_comfy):
+    module = torch.nn.Linear(2, 2)
+    handle = bridge.ModelHandle(module, "diffusion", family="sana", variant="a")
+    clone = handle.clone(variant="b")
+    assert clone.patcher is not handle.patcher and clone.module is module
+    assert clone.info == {"family": "sana", "variant": "b"} and handle.info["variant"] == "a"
+
+
+def test_standalone_clone_shares_the_weights(monkeypatch):
+    monkeypatch.setattr(bridge, "_comfy", lambda name: None)
+    handle = bridge.ModelHandle(torch.nn.Linear(2, 2), "vae")
+    clone = handle.clone(tiled=True)
+    assert clone.patcher is not handle.patcher and clone.module is handle.module and "tiled" not in handle.info
 
 
 def test_step_callback_reports_progress_checks_interrupt_and_previews(fake_comfy):
