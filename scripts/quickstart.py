@@ -4,7 +4,9 @@
 2. Links the pack into ComfyUI/custom_nodes and installs its requirements into ComfyUI's Python
    (`--python`, $COMFYUI_PYTHON, else this interpreter).
 3. Models: `--tiny` writes tiny random demo models of every kind into ComfyUI/models (no download; for trying the
-   graphs and the API, not for pictures); without it, prints which files to put where (README's table).
+   graphs and the API, not for pictures); `--download sana wan ...` fetches the real files listed in
+   scripts/models.json from the Hugging Face Hub, checked by size and SHA-256 (`--record` writes those into the
+   manifest); with neither, prints which files to put where.
 4. Starts the server on loopback (`--no-start` stops after step 3).
 """
 
@@ -17,17 +19,13 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fetch_models  # noqa: E402  (a sibling script, not a package)
+
 PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_NAME = "comfyui-sana-wan"
 COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI"
 COMFYUI_RELEASE = "v0.3.64"  # the release the integration tests run against
-MODEL_FILES = {
-    "diffusion_models": ["Sana_1600M_1024px_BF16.pth (or any Sana checkpoint / diffusers folder)",
-                         "wan2.1_t2v_1.3B_fp16.safetensors"],
-    "text_encoders": ["gemma-2-2b-it/ (HF folder) or gemma_2_2b_fp16.safetensors",
-                      "umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
-    "vae": ["dc-ae-f32c32-sana-1.1-diffusers/", "wan_2.1_vae.safetensors"],
-}
 
 
 def _parse(argv):
@@ -36,6 +34,10 @@ def _parse(argv):
     parser.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable),
                         help="ComfyUI's Python interpreter")
     parser.add_argument("--tiny", action="store_true", help="write tiny demo models instead of listing real ones")
+    parser.add_argument("--download", nargs="+", metavar="SET", default=[],
+                        help="download the real models of these sets from scripts/models.json (sana, sana_sprint, wan)")
+    parser.add_argument("--record", action="store_true",
+                        help="with --download: write each file's size and SHA-256 into scripts/models.json")
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--no-start", action="store_true", help="prepare everything, do not start the server")
     return parser.parse_args(argv)
@@ -85,9 +87,16 @@ def main(argv=None) -> int:
     if args.tiny:
         print("tiny demo models:", ", ".join(write_tiny_models(models)))
         print("in the example workflows, pick them in the loaders (names with 'tiny').")
-    else:
-        for folder, names in MODEL_FILES.items():
-            print(f"put in {os.path.join(models, folder)}: " + "; ".join(names))
+    if args.download:
+        manifest = fetch_models.load_manifest()
+        print("real models:", ", ".join(fetch_models.fetch(manifest, args.download, models, args.record)))
+        if args.record:
+            fetch_models.save_manifest(manifest)
+    if not (args.tiny or args.download):
+        for name, entries in fetch_models.load_manifest()["sets"].items():
+            for entry in entries:
+                files = ", ".join(f"{entry['repo']}/{f['path']}" for f in entry["files"])
+                print(f"{name}: put in {os.path.join(models, entry['target'])}: {files}")
     if args.no_start:
         return 0
     command = [args.python, "main.py", "--listen", "127.0.0.1", "--port", str(args.port)]

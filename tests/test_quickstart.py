@@ -38,3 +38,15 @@ def test_tiny_setup_links_the_pack_and_places_loadable_models(tmp_path, capsys):
 def test_refuses_a_folder_that_is_not_comfyui(tmp_path):
     with pytest.raises(SystemExit, match="not a ComfyUI checkout"):
         _quickstart().main(["--comfyui", str(tmp_path), "--no-start"])
+
+
+def test_without_models_it_lists_the_real_files_and_where_they_go(tmp_path, capsys):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    assert _quickstart().main(["--comfyui", str(comfyui), "--python", sys.executable, "--no-start"]) == 0
+    out = capsys.readouterr().out
+    models = comfyui / "models"
+    assert f"wan: put in {models / 'diffusion_models'}: Comfy-Org/Wan_2.1_ComfyUI_repackaged/split_files/" in out
+    assert f"sana: put in {models / 'vae' / 'dc-ae-f32c32-sana-1.1-diffusers'}: " in out
+    assert not (models / "diffusion_models").exists(), "nothing downloaded or written"
