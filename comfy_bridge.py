@@ -7,10 +7,14 @@ tests, scripts) each function falls back to a plain standalone behaviour, so the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import uuid
 
 import torch
+
+from .loaders.cast_layers import install, place_within, set_execution_device, to_storage
 
 
 def _comfy(module: str):
@@ -85,35 +89,133 @@ class StandalonePatcher:
         self.model = model
         self.load_device = load_device
         self.offload_device = offload_device
+        self.patches: dict[str, list] = {}  # parameter -> weight patches, applied on load (see patch_weights)
+        self.patches_uuid = uuid.uuid4()
+        self.weight_budget: int | None = None  # bytes of weights load() may put on the load device; None: all
 
     def model_size(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
 
     def clone(self) -> "StandalonePatcher":
-        return StandalonePatcher(self.model, self.load_device, self.offload_device)
+        clone = StandalonePatcher(self.model, self.load_device, self.offload_device)
+        clone.patches = {key: patches[:] for key, patches in self.patches.items()}
+        clone.patches_uuid = self.patches_uuid
+        clone.weight_budget = self.weight_budget
+        return clone
+
+    def load(self) -> None:
+        """All weights on the load device; with a weight budget the largest layers within it and the others on the
+        offload device, copied for each call (ComfyUI's partial loading, standalone)."""
+        if self.weight_budget is None:
+            self.model.to(self.load_device)
+        else:
+            place_within(self.model, self.weight_budget, self.load_device, self.offload_device)
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list[str]:
+        """ComfyUI's ModelPatcher.add_patches: weight patches on top of the earlier ones, applied on the next load."""
+        parameters = dict(self.model.named_parameters())
+        added = [key for key in patches if key in parameters]
+        for key in added:
+            self.patches.setdefault(key, []).append((strength_patch, patches[key], strength_model, None, None))
+        self.patches_uuid = uuid.uuid4()
+        return added
 
 
 def make_patcher(holder: torch.nn.Module, role: str):
-    """One ModelPatcher over a plain holder module (never the diffusers model itself: its `device` is read-only)."""
+    """One ModelPatcher over a plain holder module (never the diffusers model itself: its `device` is read-only).
+
+    The model's layers become cast-on-call layers (loaders/cast_layers.py), which ComfyUI's partial loading treats as
+    it treats `comfy.ops` layers: those it leaves on the offload device are copied for each call, by ComfyUI's own
+    copy (non-blocking, on its offload streams under --async-offload).
+    """
     load_device, offload_device = devices(role)
     mp = _comfy("comfy.model_patcher")
+    install(holder, _comfy_caster())
     if mp is None:
         return StandalonePatcher(holder, load_device, offload_device)
-    return mp.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    return _budgeted(mp.ModelPatcher)(holder, load_device=load_device, offload_device=offload_device)
+
+
+def _comfy_caster():
+    """ComfyUI's weight copy for cast-on-call layers; None standalone (a plain `.to`)."""
+    mm = _comfy("comfy.model_management")
+    if mm is None:
+        return None
+
+    def cast(items: list, device: torch.device) -> list[torch.Tensor]:
+        stream = mm.get_offload_stream(device)
+        non_blocking = mm.device_supports_non_blocking(device)
+        tensors = [mm.cast_to(tensor, dtype, device, non_blocking=non_blocking, copy=copy, stream=stream)
+                   for tensor, dtype, copy in items]
+        mm.sync_stream(device, stream)
+        return tensors
+
+    return cast
+
+
+@functools.cache
+def _budgeted(model_patcher: type) -> type:
+    class BudgetedModelPatcher(model_patcher):
+        """ComfyUI's ModelPatcher with an optional cap, `weight_budget` bytes, on the weights it loads onto the load
+        device (Model Memory Options): ComfyUI's own partial loading, asked for no more than the budget."""
+
+        weight_budget: int | None = None
+
+        def clone(self, *args, **kwargs):
+            clone = super().clone(*args, **kwargs)
+            clone.weight_budget = self.weight_budget
+            return clone
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            if self.weight_budget is not None:
+                extra_memory = min(extra_memory, max(0, self.weight_budget - self.loaded_size()))
+            return super().partially_load(device_to, extra_memory, force_patch_weights=force_patch_weights)
+
+    return BudgetedModelPatcher
 
 
 def load_models(patchers: list, memory_required: int = 0) -> None:
     """Put models on their load device through ComfyUI's VRAM manager, which evicts others to make room.
 
-    Diffusers modules are loaded whole (`force_full_load`): their layers are not `comfy.ops` classes, so ComfyUI's
-    partial loading would leave some on the offload device.
+    ComfyUI loads a model whole when it fits and partially otherwise (--lowvram, --novram, too little free VRAM, a
+    weight budget), as its own models: the layers left on the offload device are cast on call, and the model's
+    inputs go to its load device either way (`loaders.cast_layers.execution_device`).
     """
     mm = _comfy("comfy.model_management")
     if mm is None:
         for patcher in patchers:
-            patcher.model.to(patcher.load_device)
-        return
-    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+            patcher.load()
+            patch_weights(patcher)
+    else:
+        for patcher in patchers:
+            _leave_other_device(patcher)
+            _release_sharers(patcher.model)  # a native MODEL adapter over the same weights
+        mm.load_models_gpu(patchers, memory_required=memory_required)
+    for patcher in patchers:
+        set_execution_device(patcher.model.module, patcher.load_device)
+
+
+def _leave_other_device(patcher) -> None:
+    """Clones with different load devices (a text encoder moved to the CPU) share the weights; ComfyUI would take
+    weights another clone loaded elsewhere as loaded, so they go back to the offload device first."""
+    holder = patcher.model
+    if getattr(holder, "model_loaded_weight_memory", 0) and holder.device != patcher.load_device:
+        patcher.detach()
+
+
+def with_memory_options(handle: "ModelHandle", load_on_cpu: bool = False,
+                        weight_budget: int | None = None) -> "ModelHandle":
+    """A clone of `handle` that runs on the CPU (`load_on_cpu`) and / or keeps at most `weight_budget` bytes of its
+    weights on the load device, the others on the offload device, copied layer by layer for each call (ComfyUI's
+    partial loading). The defaults change nothing.
+    """
+    if weight_budget is not None and weight_budget < 0:
+        raise ValueError(f"The weight budget must be 0 bytes or more, got {weight_budget}.")
+    clone = handle.clone(memory_options={"load_on_cpu": load_on_cpu, "weight_budget": weight_budget})
+    if load_on_cpu:
+        clone.patcher.load_device = torch.device("cpu")
+    clone.patcher.weight_budget = weight_budget
+    return clone
 
 
 class _Holder(torch.nn.Module):
@@ -154,6 +256,191 @@ class ModelHandle:
         """The model on its load device, after ComfyUI made room for it and `memory_required` activations."""
         load_models([self.patcher], memory_required)
         return self.module
+
+
+# ---------------------------------------------------------------------------------------------- weight patches (LoRA)
+
+_HOLDER_PREFIX = "module."  # state-dict prefix of the wrapped model inside _Holder
+# The tensor endings (as comfy.lora.load_lora names them) the standalone patches cover.
+_STANDALONE_ENDINGS = (".lora_up.weight", ".lora_down.weight", ".alpha", ".diff", ".diff_b")
+
+
+def with_weight_patches(handle: ModelHandle, tensors: dict, layers: dict[str, str], strength: float) -> ModelHandle:
+    """A clone of `handle` carrying a LoRA's weight patches at `strength`; the loaded model itself is not touched.
+
+    `tensors` are the LoRA's tensors as `<layer>.<ending>` with the endings ComfyUI's `comfy.lora.load_lora` reads and
+    `layers` maps each layer to the wrapped model's parameter it changes (loaders.lora.fit_lora). In ComfyUI, load_lora
+    builds the patches (LoRA, LoHa, LoKr, DoRA, diff) and the ModelPatcher applies them when the model loads and
+    restores the weights when a clone with other patches loads. Standalone, LoRA and diff patches are built and
+    applied here the same way.
+    """
+    keys = {layer: _HOLDER_PREFIX + parameter for layer, parameter in layers.items()}
+    lora = _comfy("comfy.lora")
+    if lora is not None:
+        patches = lora.load_lora(tensors, keys, log_missing=False)
+    else:
+        patches = _standalone_patches(tensors, keys)
+    clone = handle.clone()
+    clone.patcher.add_patches(patches, strength)
+    return clone
+
+
+def _standalone_patches(tensors: dict, keys: dict[str, str]) -> dict:
+    """LoRA (up / down with alpha) and diff patches in ComfyUI's patch format, for StandalonePatcher."""
+    others = sorted(k for k in tensors if not k.endswith(_STANDALONE_ENDINGS))
+    if others:
+        raise ValueError(f"'{others[0]}': LoHa, LoKr, DoRA and LoCon layers are applied by ComfyUI's weight adapters; "
+                         f"outside ComfyUI only LoRA (up/down, alpha) and diff layers are.")
+    patches = {}
+    for layer, key in keys.items():
+        up, alpha, diff, diff_b = (tensors.get(layer + e) for e in (".lora_up.weight", ".alpha", ".diff", ".diff_b"))
+        if up is not None:
+            patches[key] = ("lora", (up, tensors[f"{layer}.lora_down.weight"], None if alpha is None else alpha.item()))
+        if diff is not None:
+            patches[key] = ("diff", (diff,))
+        if diff_b is not None:
+            patches[key.removesuffix("weight") + "bias"] = ("diff", (diff_b,))
+    return patches
+
+
+def patch_weights(patcher: StandalonePatcher) -> None:
+    """Give the shared weights this patcher's patches, as ComfyUI's ModelPatcher does when it loads a model: the
+    weights another clone patched are restored from their backup first, so other handles never see this one's.
+    Layers storing scaled weights convert them first and store the result themselves (ComfyUI's convert_weight /
+    set_weight protocol, loaders/cast_layers.py)."""
+    model = patcher.model
+    if getattr(model, "current_weight_patches_uuid", None) == patcher.patches_uuid:
+        return
+    backup = model.__dict__.setdefault("weight_backup", {})
+    with torch.no_grad():
+        for key, weight in backup.items():
+            model.get_parameter(key).copy_(weight)
+        backup.clear()
+        for key, patches in patcher.patches.items():
+            module_name, _, name = key.rpartition(".")
+            module, parameter = model.get_submodule(module_name), model.get_parameter(key)
+            backup[key] = parameter.detach().clone()
+            weight = parameter.detach().to(torch.float32, copy=True)
+            convert = getattr(module, f"convert_{name}", None)
+            weight = _patched_weight(convert(weight, inplace=True) if convert is not None else weight, patches)
+            store = getattr(module, f"set_{name}", None)
+            if store is not None:
+                store(weight, inplace_update=True)
+            else:
+                parameter.copy_(to_storage(weight, parameter.dtype))
+    model.current_weight_patches_uuid = patcher.patches_uuid
+
+
+def _patched_weight(weight: torch.Tensor, patches: list) -> torch.Tensor:
+    """`comfy.lora.calculate_weight` for LoRA and diff patches, on a float32 weight (ComfyUI rounds the result to
+    bf16 / fp8 stochastically; round-to-nearest here)."""
+    for strength, (kind, tensors), strength_model, _, _ in patches:
+        if strength_model != 1.0:
+            weight *= strength_model
+        if kind == "diff":
+            weight += strength * tensors[0].to(weight)
+            continue
+        up, down, alpha = tensors
+        scale = 1.0 if alpha is None else alpha / down.shape[0]
+        weight += (strength * scale) * (up.to(weight).flatten(1) @ down.to(weight).flatten(1)).reshape(weight.shape)
+    return weight
+
+
+# ---------------------------------------------------------------------------------------------- native MODEL adapter
+
+
+def native_model(handle: ModelHandle, spec):
+    """ComfyUI's MODEL over the handle's transformer, so its own KSampler and model patches drive it.
+
+    A ModelPatcher over a `comfy.model_base.BaseModel` (ModelType.FLOW, `spec.shift` in its model_sampling) whose
+    `diffusion_model` is the handle's diffusers module itself (same weights, no copy): its cast-on-call layers are
+    what ComfyUI's partial loading looks for. `spec` (samplers.native.NativeSpec) turns ComfyUI's model call into the
+    transformer's. The handle's devices, weight budget and LoRA patches carry over.
+    """
+    mp = _comfy("comfy.model_patcher")
+    if mp is None:
+        raise ValueError("The MODEL adapter works inside ComfyUI only: MODEL is ComfyUI's type, for its samplers.")
+    base_class, patcher_class = _native_classes()
+    patcher = patcher_class(base_class(spec, handle.module), load_device=handle.patcher.load_device,
+                            offload_device=handle.patcher.offload_device)
+    patcher.weight_budget = handle.patcher.weight_budget
+    patcher.patches = {_NATIVE_PREFIX + key.removeprefix(_HOLDER_PREFIX): patches[:]
+                       for key, patches in handle.patcher.patches.items()}
+    return patcher
+
+
+_NATIVE_PREFIX = "diffusion_model."  # state-dict prefix of the transformer inside the adapter's BaseModel
+
+
+@functools.cache
+def _native_classes() -> tuple[type, type]:
+    mb, conds, formats = _comfy("comfy.model_base"), _comfy("comfy.conds"), _comfy("comfy.latent_formats")
+    mm, mp, models_base = (_comfy(m) for m in ("comfy.model_management", "comfy.model_patcher",
+                                               "comfy.supported_models_base"))
+
+    class NativeConfig(models_base.BASE):
+        unet_extra_config = {}
+
+    class NativeModel(mb.BaseModel):
+        """BaseModel whose diffusion_model is a diffusers transformer, called through the spec's forward."""
+
+        def __init__(self, spec, module: torch.nn.Module):
+            config = NativeConfig({"disable_unet_model_creation": True})
+            config.sampling_settings = {"shift": spec.shift, "multiplier": 1000}
+            if spec.family == "wan":
+                config.latent_format = formats.Wan21()  # raw VAE latents in LATENT, normalised here; RGB previews
+            else:  # raw DC-AE latents x scale; no RGB factors, so ComfyUI shows no latent2rgb preview
+                config.latent_format = formats.LatentFormat()
+                config.latent_format.latent_channels = spec.latent_channels
+                config.latent_format.scale_factor = spec.latent_scale
+            super().__init__(config, mb.ModelType.FLOW)
+            self.diffusion_model = module
+            self.spec = spec
+
+        def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                         **kwargs):
+            dtype = self.get_dtype()
+            xc = self.model_sampling.calculate_input(t, x).to(dtype)
+            context = mm.cast_to_device(c_crossattn, xc.device, dtype)
+            mask = kwargs.get("attention_mask")
+            mask = None if mask is None else mask.to(xc.device)
+            out = self.spec.forward(xc, self.model_sampling.timestep(t).float(), context, mask).float()
+            return self.model_sampling.calculate_denoised(t, out, x)
+
+        def extra_conds(self, **kwargs):
+            out = super().extra_conds(**kwargs)
+            # CONDRegular: prompts of different lengths run as separate batches, never padded by repetition.
+            if kwargs.get("cross_attn") is not None:
+                out["c_crossattn"] = conds.CONDRegular(kwargs["cross_attn"])
+            if self.spec.uses_mask and kwargs.get("attention_mask") is not None:
+                out["attention_mask"] = conds.CONDRegular(kwargs["attention_mask"])
+            return out
+
+        def memory_required(self, input_shape, cond_shapes={}):
+            return self.spec.memory(tuple(input_shape))
+
+    class NativeModelPatcher(_budgeted(mp.ModelPatcher)):
+        def load(self, *args, **kwargs):
+            _release_sharers(self.model)
+            return super().load(*args, **kwargs)
+
+    return NativeModel, NativeModelPatcher
+
+
+def _release_sharers(model: torch.nn.Module) -> None:
+    """The adapter's MODEL and the handle's patcher are two ComfyUI models over the same weights: before one loads,
+    the other is unloaded (its LoRA patches restored, its weights back on the offload device), as ComfyUI unloads a
+    model to make room."""
+    loaded = getattr(_comfy("comfy.model_management"), "current_loaded_models", [])
+    weights = _shared_weights(model)
+    for i in reversed(range(len(loaded))):
+        other = loaded[i].model
+        if other is not None and other.model is not model and _shared_weights(other.model) is weights:
+            loaded.pop(i).model_unload()
+
+
+def _shared_weights(model: torch.nn.Module):
+    return model.module if isinstance(model, _Holder) else getattr(model, "diffusion_model", None)
 
 
 # ---------------------------------------------------------------------------------------------- progress, interrupt
@@ -209,12 +496,25 @@ def step_callback(total: int, preview=None):
 # ---------------------------------------------------------------------------------------------- model folders
 
 
+# Extensions our loaders read beyond those ComfyUI lists in a folder. ComfyUI's extension sets are shared by all
+# folders and by other nodes (its own UNet / CLIP loaders cannot read GGUF), so they stay as they are and the extra
+# files are found here instead.
+_EXTRA_EXTENSIONS = dict.fromkeys(("diffusion_models", "unet", "text_encoders", "clip"), {".gguf"})
+
+
 def model_files(folder: str) -> list[str]:
-    """File names in one of ComfyUI's model folders (`diffusion_models`, `text_encoders`, `vae`, ...)."""
+    """File names in one of ComfyUI's model folders (`diffusion_models`, `text_encoders`, `vae`, ...), GGUF files
+    included where our loaders read them."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is None:
         return []
-    return folder_paths.get_filename_list(folder)
+    names = folder_paths.get_filename_list(folder)
+    extra = _EXTRA_EXTENSIONS.get(folder)
+    if extra:
+        for root in folder_paths.get_folder_paths(folder):
+            files, _ = folder_paths.recursive_search(root, excluded_dir_names=[".git"])
+            names += folder_paths.filter_files_extensions(files, extra)
+    return sorted(set(names))
 
 
 def _is_model_dir(path: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 
 import torch
 from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
@@ -20,6 +21,7 @@ from .checkpoint import (
 )
 from .detect import require_family
 from .meta_build import COMPUTE_DTYPES, cast_floats, left_on_meta
+from .storage import storage_preparer
 from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
 GEMMA_FAMILY = "Gemma-2 text encoder"
@@ -105,10 +107,15 @@ def _weights_dtype(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | Non
     return file_dtype if file_dtype in COMPUTE_DTYPES else torch.bfloat16
 
 
-def build_gemma2(config: Gemma2Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> Gemma2Model:
-    """The decoder built on meta and given the state dict's tensors (assign=True: one copy of the weights)."""
-    state_dict = cast_floats(state_dict, _weights_dtype(state_dict, dtype))
+def build_gemma2(config: Gemma2Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                 storage: torch.dtype | None = None) -> Gemma2Model:
+    """The decoder built on meta and given the state dict's tensors (assign=True: one copy of the weights).
+
+    `storage` (fp8 / bf16) holds the Linear weights in that dtype, computed in the model's (loaders/storage.py).
+    """
+    compute = _weights_dtype(state_dict, dtype)
     model = gemma2_on_meta(config)
+    state_dict = storage_preparer(compute, storage, partial(cast_floats, dtype=compute))(model, state_dict)
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as e:
@@ -141,7 +148,8 @@ GEMMA_TOKENIZER = TokenizerFiles(
 )
 
 
-def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
+def _load_folder(path: str, dtype: torch.dtype | None,
+                 storage: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
     encoder_dir, tokenizer_dirs = encoder_and_tokenizer_folders(path)
     files = weight_files_in_folder(encoder_dir, "model")
     _check_family({k for f in files for k in checkpoint_keys(f)}, path)
@@ -152,7 +160,7 @@ def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model, Gem
         config = _folder_config(config_path)
     else:
         config = infer_gemma2_config(tensor_shapes(state_dict))
-    return build_gemma2(config, state_dict, dtype), tokenizer_from_folder(tokenizer_dir)
+    return build_gemma2(config, state_dict, dtype, storage), tokenizer_from_folder(tokenizer_dir)
 
 
 def _folder_config(config_path: str) -> Gemma2Config:
@@ -164,7 +172,8 @@ def _folder_config(config_path: str) -> Gemma2Config:
     return Gemma2Config.from_pretrained(os.path.dirname(config_path), local_files_only=True)
 
 
-def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
+def _load_single_file(path: str, dtype: torch.dtype | None,
+                      storage: torch.dtype | None) -> tuple[Gemma2Model, GemmaTokenizer]:
     keys = checkpoint_keys(path)
     _check_family(keys, path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -172,18 +181,21 @@ def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[Gemma2Model
     state_dict = load_state_dict(path)
     tokenizer = GEMMA_TOKENIZER.pop_from(state_dict, tokenizer_dir)
     state_dict = strip_prefix(state_dict, _DECODER_PREFIXES)
-    return build_gemma2(infer_gemma2_config(tensor_shapes(state_dict)), state_dict, dtype), tokenizer
+    return build_gemma2(infer_gemma2_config(tensor_shapes(state_dict)), state_dict, dtype, storage), tokenizer
 
 
-def load_gemma_text_encoder(path: str, dtype: torch.dtype | None = None) -> tuple[Gemma2Model, GemmaTokenizer]:
+def load_gemma_text_encoder(path: str, dtype: torch.dtype | None = None,
+                            storage: torch.dtype | None = None) -> tuple[Gemma2Model, GemmaTokenizer]:
     """Sana's text encoder: the Gemma-2 decoder (eval mode; `dtype` None keeps the file's) and its tokenizer.
+
+    `storage` (fp8 / bf16) holds the Linear weights in that dtype, computed in the model's (loaders/storage.py).
 
     `path` is an HF / diffusers pipeline folder or a single safetensors file. The family and the tokenizer are
     checked from the headers before any weight is read, so a wrong or incomplete pick fails at once with a
     ValueError that says what to do.
     """
     if os.path.isdir(path):
-        return _load_folder(path, dtype)
+        return _load_folder(path, dtype, storage)
     if os.path.isfile(path):
-        return _load_single_file(path, dtype)
+        return _load_single_file(path, dtype, storage)
     raise ValueError(f"'{path}' is neither a Gemma-2 model folder nor a weights file.")

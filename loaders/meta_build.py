@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import tensor_shapes
+from .gguf import load_weights, to_compute_dtype
 
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -78,15 +79,20 @@ def check_converted_layout(model: nn.Module, shapes: Shapes, name: str, family: 
 
 
 def build_on_meta(model_class, config: dict, state_dict: Mapping[str, torch.Tensor], name: str,
-                  check: Callable[[nn.Module, Shapes, str], None]):
+                  check: Callable[[nn.Module, Shapes, str], None],
+                  prepare: Callable[[nn.Module, dict], dict] | None = None):
     """`model_class.from_config(config)` holding the state dict's tensors, once `check` found that they fit.
 
-    Buffers no file holds (positional tables) stay on meta: the caller computes them.
+    `prepare(model_on_meta, state_dict)` gives the tensors the model is to hold, where that depends on its modules
+    (weight storage dtypes, loaders/storage.py). Buffers no file holds (positional tables) stay on meta: the caller
+    computes them.
     """
     with torch.device("meta"):
         model = model_class.from_config(config)
+    if prepare is not None:
+        state_dict = prepare(model, dict(state_dict))
     check(model, tensor_shapes(state_dict), name)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    load_weights(model, state_dict)
     return model
 
 
@@ -96,8 +102,9 @@ def left_on_meta(model: nn.Module) -> list[str]:
 
 
 def cast_floats(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Floating tensors in `dtype`; integer and bool tensors (counters, masks) as they are."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    """Floating tensors in `dtype`; integer and bool tensors (counters, masks) as they are; GGUF-quantized ones stay
+    quantized, to be computed in `dtype`."""
+    return {k: to_compute_dtype(v, dtype) for k, v in state_dict.items()}
 
 
 def stored_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:

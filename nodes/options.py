@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_bridge as bridge
+from ..loaders.storage import STORAGE_DTYPES
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_INPUT = (list(DTYPES), {"default": "auto", "tooltip": "Weight and compute dtype; auto = what ComfyUI picks "
                               "for this device (fp32 on CPU, bf16/fp16 on GPUs)."})
+# Optional (old API prompts without it still run) and last (old UI workflows keep their widget order).
+STORAGE_INPUT = (list(STORAGE_DTYPES), {"default": "default", "tooltip": (
+    "How the Linear weights are held in memory: default = in the dtype above; fp8_e4m3fn / fp8_e5m2 = fp8, half of "
+    "bf16 (fp8 files stay fp8 instead of being upcast); bf16. Each layer is cast to the dtype above when it runs; "
+    "norms, embeddings and the input / output layers keep it.")})
 
 
 def model_choices(*folders: str) -> list[str]:

@@ -6,11 +6,12 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.gemma import load_gemma_text_encoder
+from ..loaders.storage import storage_dtype
 from ..loaders.umt5 import load_umt5_encoder
 from ..samplers.conditioning import make_conditioning
 from ..text.sana_prompt import encode_sana_prompt
 from ..text.wan_prompt import WAN_DEFAULT_NEGATIVE, encode_wan_prompt
-from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+from .options import DTYPE_INPUT, STORAGE_INPUT, model_choices, resolve_dtype, resolve_model
 
 FOLDERS = ("text_encoders",)
 
@@ -27,12 +28,13 @@ class SanaTextEncoderLoader:
         return {"required": {
             "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
             "dtype": DTYPE_INPUT,
-        }}
+        }, "optional": {"weight_storage": STORAGE_INPUT}}
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, weight_storage="default"):
+        storage = storage_dtype(weight_storage)
         path = resolve_model(FOLDERS, model_name)
         weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float16, torch.float32])
-        encoder, tokenizer = load_gemma_text_encoder(path, weight_dtype)
+        encoder, tokenizer = load_gemma_text_encoder(path, weight_dtype, storage)
         return (bridge.ModelHandle(encoder, "text_encoder", family="sana", tokenizer=tokenizer),)
 
 
@@ -66,7 +68,8 @@ class SanaTextEncode:
 
 class WanTextEncoderLoader:
     DESCRIPTION = ("Loads UMT5-XXL for Wan2.1: Comfy-Org umt5_xxl files (fp16, fp8 scaled; tokenizer inside), the "
-                   "original models_t5_umt5-xxl-enc-bf16.pth (tokenizer files beside it) or an HF folder.")
+                   "original models_t5_umt5-xxl-enc-bf16.pth (tokenizer files beside it), an HF folder, or a GGUF "
+                   "quantisation (city96's umt5-xxl-encoder; spiece.model beside it).")
     CATEGORY = "Wan"
     FUNCTION = "load"
     RETURN_TYPES = ("WAN_TEXT_ENCODER",)
@@ -76,12 +79,13 @@ class WanTextEncoderLoader:
         return {"required": {
             "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
             "dtype": DTYPE_INPUT,
-        }}
+        }, "optional": {"weight_storage": STORAGE_INPUT}}
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, weight_storage="default"):
+        storage = storage_dtype(weight_storage)
         path = resolve_model(FOLDERS, model_name)
         weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float32])
-        encoder, tokenizer = load_umt5_encoder(path, weight_dtype)
+        encoder, tokenizer = load_umt5_encoder(path, weight_dtype, storage)
         return (bridge.ModelHandle(encoder, "text_encoder", family="wan", tokenizer=tokenizer),)
 
 

@@ -40,8 +40,8 @@ def fake_comfy(monkeypatch, tmp_path):
             self.model, self.load_device, self.offload_device = model, load_device, offload_device
             model.device = offload_device  # what the real one does: fails on diffusers models
 
-        def clone(self):
-            return ModelPatcher(self.model, self.load_device, self.offload_device)
+        def clone(self):  # as the real one: a patcher of the same class
+            return self.__class__(self.model, self.load_device, self.offload_device)
 
     mp.ModelPatcher = ModelPatcher
 
@@ -82,7 +82,8 @@ def test_one_patcher_over_a_plain_holder_loaded_through_the_vram_manager(fake_co
     assert handle.load(memory_required=1234) is module
     assert handle.load() is module
     assert [c[0] for c in calls["load"]] == [[patcher], [patcher]], "the same patcher every time"
-    assert calls["load"][0][1] == {"memory_required": 1234, "force_full_load": True}
+    # No force_full_load: ComfyUI loads partially when memory is short, as it does its own models.
+    assert calls["load"][0][1] == {"memory_required": 1234}
     assert patcher.model is not module and patcher.model.module is module
 
 

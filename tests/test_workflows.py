@@ -14,8 +14,21 @@ CORE = {
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, {}, ()),
     "CreateVideo": ({"images": "IMAGE", "fps": "FLOAT"}, {"audio": "AUDIO"}, ("VIDEO",)),
     "SaveVideo": ({"video": "VIDEO", "filename_prefix": "STRING", "format": "COMBO", "codec": "COMBO"}, {}, ()),
+    "LoadImage": ({"image": "COMBO"}, {}, ("IMAGE", "MASK")),
+    "LoadVideo": ({"file": "COMBO"}, {}, ("VIDEO",)),
+    "GetVideoComponents": ({"video": "VIDEO"}, {}, ("IMAGE", "AUDIO", "FLOAT")),
+    "ImageFromBatch": ({"image": "IMAGE", "batch_index": "INT", "length": "INT"}, {}, ("IMAGE",)),
+    "ImageScale": ({"image": "IMAGE", "upscale_method": "COMBO", "width": "INT", "height": "INT", "crop": "COMBO"}, {},
+                   ("IMAGE",)),
+    "TrimVideoLatent": ({"samples": "LATENT", "trim_amount": "INT"}, {}, ("LATENT",)),
+    "ModelSamplingSD3": ({"model": "MODEL", "shift": "FLOAT"}, {}, ("MODEL",)),
+    "KSampler": ({"model": "MODEL", "seed": "INT", "steps": "INT", "cfg": "FLOAT", "sampler_name": "COMBO",
+                  "scheduler": "COMBO", "positive": "CONDITIONING", "negative": "CONDITIONING",
+                  "latent_image": "LATENT", "denoise": "FLOAT"}, {}, ("LATENT",)),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Widgets only the editor has: the upload button of the file loaders stores its kind after the file name.
+UI_ONLY_WIDGETS = {"LoadImage": ["upload"], "LoadVideo": ["upload"]}
 
 
 def _declared(class_type):
@@ -54,7 +67,8 @@ def test_api_workflow_matches_node_declarations(name):
                 outputs = _declared(source["class_type"])[2]
                 assert outputs[value[1]] == inputs[input_name], f"link into {node_id}.{input_name}"
             elif inputs[input_name] == "COMBO" and node["class_type"] not in CORE:
-                options = {**sana_wan.NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES()["required"]}[input_name][0]
+                spec = sana_wan.NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES()
+                options = {**spec["required"], **spec.get("optional", {})}[input_name][0]
                 if options:
                     assert value in options, f"{node_id}.{input_name}={value!r} not in {options}"
 
@@ -73,6 +87,7 @@ def test_ui_workflow_equals_its_api_twin(name):
         required, optional, _ = _declared(node["type"])
         # Every widget keeps its slot in widgets_values, also when a link feeds it; optional widgets too.
         widget_names = [k for k, t in {**required, **optional}.items() if t in WIDGET_TYPES]
+        widget_names += UI_ONLY_WIDGETS.get(node["type"], [])
         values = list(node["widgets_values"])
         if "seed" in widget_names:  # the UI stores 'control after generate' right after the seed
             values.pop(widget_names.index("seed") + 1)

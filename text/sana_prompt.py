@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..loaders.cast_layers import execution_device
+
 # diffusers' default `complex_human_instruction` of `SanaPipeline.__call__` (diffusers 0.42,
 # pipelines/sana/pipeline_sana.py), with its single quotes around 'Enhanced prompt'. Data, copied verbatim.
 SANA_CHI = [
@@ -56,7 +58,7 @@ def encode_sana_prompt(text_encoder, tokenizer, prompts: list[str], negative: bo
     Positive: CHI prefix and select_index, L = max_sequence_length. Negative: no CHI, L = max_sequence_length.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    device = text_encoder.device if device is None else torch.device(device)
+    device = execution_device(text_encoder) if device is None else torch.device(device)
     texts = [preprocess_prompt(p) for p in prompts]
     if negative:
         input_ids, mask = _tokenize(tokenizer, texts, max_sequence_length)

@@ -12,6 +12,8 @@ import html
 import regex
 import torch
 
+from ..loaders.cast_layers import execution_device
+
 # The original Wan2.1 release's default negative prompt, used when none is given: `sample_neg_prompt` in
 # Wan-Video/Wan2.1 wan/configs/shared_config.py (commit 9737cba). ComfyUI's Wan templates use the same text;
 # diffusers applies none. Data, copied verbatim.
@@ -50,10 +52,11 @@ def encode_wan_prompt(text_encoder, tokenizer, prompts: list[str], max_sequence_
     exactly zero; the mask says which positions are the prompt's (CONDITIONING's `attention_mask`).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    device = text_encoder.device if device is None else torch.device(device)
+    encoder_device = execution_device(text_encoder)
+    device = encoder_device if device is None else torch.device(device)
     input_ids, mask = _tokenize(tokenizer, [clean_prompt(p) for p in prompts], max_sequence_length)
     with torch.no_grad():
-        hidden = text_encoder(input_ids.to(text_encoder.device), mask.to(text_encoder.device)).last_hidden_state
+        hidden = text_encoder(input_ids.to(encoder_device), mask.to(encoder_device)).last_hidden_state
     embeds = hidden.to(dtype=text_encoder.dtype, device=device)
     lengths = mask.sum(dim=1).to(device)
     beyond = torch.arange(max_sequence_length, device=device)[None, :] >= lengths[:, None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderDC
 
+from ..loaders.cast_layers import execution_device
 from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # AutoencoderDC's `enable_tiling` also derives the tile size in latent cells from the pixel one.
@@ -63,16 +64,16 @@ def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", ti
 
 
 def _decode_one(vae: AutoencoderDC, latent: torch.Tensor) -> torch.Tensor:
-    param = next(vae.parameters())
+    param, device = next(vae.parameters()), execution_device(vae)
     with torch.no_grad():
-        sample = vae.decode(latent.to(param.device, param.dtype)).sample
+        sample = vae.decode(latent.to(device, param.dtype)).sample
     # As diffusers' VaeImageProcessor.postprocess, in float32 whatever the VAE's dtype.
     return (sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
 
 
 def _encode_one(vae: AutoencoderDC, image: torch.Tensor) -> torch.Tensor:
-    param = next(vae.parameters())
-    pixels = image.permute(0, 3, 1, 2).to(param.device, param.dtype) * 2 - 1
+    param, device = next(vae.parameters()), execution_device(vae)
+    pixels = image.permute(0, 3, 1, 2).to(device, param.dtype) * 2 - 1
     with torch.no_grad():
         return vae.encode(pixels).latent.float().cpu()
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 from diffusers import AutoencoderKLWan
 
+from ..loaders.cast_layers import execution_device
 from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
 
 # Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
@@ -104,19 +105,26 @@ def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", 
     Tiling as in `decode_wan`, blended in latent space by diffusers' `tiled_encode`.
     """
     _check_frames(vae, frames)
-    ratio = vae.spatial_compression_ratio
-    tiled = wants_tiling(tile, max(frames.shape[1:3]), tile_size, tile_overlap, ratio)
-    param = next(vae.parameters())
     # As diffusers' VideoProcessor.preprocess_video: 0..1 -> -1..1 in float32, channels first, one video.
-    pixels = (frames.permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1).to(param.device, param.dtype)
+    return encode_wan_pixels(vae, frames.permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1, tile, tile_size,
+                             tile_overlap)
+
+
+def encode_wan_pixels(vae: AutoencoderKLWan, pixels: torch.Tensor, tile: str = "auto", tile_size: int = 256,
+                      tile_overlap: int = 64) -> torch.Tensor:
+    """One video as the pipelines hand it to the VAE, [1, 3, F, H, W] in -1..1 (checked by the caller) -> raw
+    latents [1, 16, (F-1)/4+1, H/8, W/8] float32 on the CPU; tiling as in `encode_wan`."""
+    ratio = vae.spatial_compression_ratio
+    tiled = wants_tiling(tile, max(pixels.shape[-2:]), tile_size, tile_overlap, ratio)
+    param, device = next(vae.parameters()), execution_device(vae)
     with tiling(vae, tiled, tile_size, tile_overlap), torch.no_grad():
-        return vae.encode(pixels).latent_dist.mode().float().cpu()
+        return vae.encode(pixels.to(device, param.dtype)).latent_dist.mode().float().cpu()
 
 
 def _decode_one(vae: AutoencoderKLWan, latent: torch.Tensor) -> torch.Tensor:
-    param = next(vae.parameters())
+    param, device = next(vae.parameters()), execution_device(vae)
     with torch.no_grad():
-        video = vae.decode(latent.to(param.device, param.dtype)).sample
+        video = vae.decode(latent.to(device, param.dtype)).sample
     # As diffusers' VideoProcessor.postprocess_video(output_type="pt"): x * 0.5 + 0.5 clamped to 0..1, in float32
     # whatever the VAE's dtype; moved off the device first so the float32 copy costs no device memory, and in
     # place because a whole video is hundreds of MB (81 frames at 832x480: 388 MB).

@@ -1,0 +1,124 @@
+"""Loads tiny Wan and Sana transformers through the pack's handles inside a real ComfyUI's Python and runs them fully
+and partially loaded by ComfyUI's own ModelPatcher, for test_comfyui_low_vram.py.
+
+Per model: a full load (load_models_gpu, --cpu); `ModelPatcher.load(cpu, lowvram_model_memory=a third)`, which leaves
+two thirds of the layers on the offload device to be cast on call; both again with a weight patch on every stored
+layer (ComfyUI's low-VRAM patch functions on the offloaded ones); then a partial load onto the meta device standing
+in for a GPU, where every torch call is checked for tensors on two devices.
+
+usage: COMFYUI_PYTHON low_vram_in_comfyui.py JOB.json
+JOB: {"comfyui", "pack", "models": {name: [family "wan" / "sana", file, weight storage or null]}, "output" (prefix)}
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+job = json.load(open(sys.argv[1]))
+sys.path.insert(0, job["comfyui"])
+sys.argv = [sys.argv[0], "--cpu"]
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+
+import comfy.model_patcher  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+from torch.utils import _pytree as pytree  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("sana_wan", os.path.join(job["pack"], "__init__.py"),
+                                              submodule_search_locations=[job["pack"]])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["sana_wan"] = pack
+spec.loader.exec_module(pack)
+
+from sana_wan import comfy_bridge as bridge  # noqa: E402
+from sana_wan.loaders.cast_layers import SCALE  # noqa: E402
+from sana_wan.loaders.sana_transformer import load_sana_transformer  # noqa: E402
+from sana_wan.loaders.storage import STORAGE_DTYPES, stored_layers  # noqa: E402
+from sana_wan.loaders.wan_transformer import load_wan_transformer  # noqa: E402
+
+CPU, META = torch.device("cpu"), torch.device("meta")
+
+
+class DeviceMixes(TorchFunctionMode):
+    """Records torch calls that get tensors on two devices, copies between devices (ComfyUI's cast_to) aside."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        devices = {t.device for t in pytree.tree_leaves((args, kwargs))
+                   if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
+        if len(devices) > 1 and getattr(func, "__name__", "") != "copy_":
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **kwargs)
+
+
+def inputs(family, model, device):
+    generator = torch.Generator().manual_seed(3)
+    if family == "wan":
+        return {"hidden_states": torch.randn(1, 16, 2, 4, 4, generator=generator).to(device),
+                "timestep": torch.tensor([700.0], device=device),
+                "encoder_hidden_states": torch.randn(1, 8, model.config.text_dim, generator=generator).to(device)}
+    channels = model.config.in_channels
+    return {"hidden_states": torch.randn(1, channels, 4, 4, generator=generator).to(device),
+            "encoder_hidden_states": torch.randn(1, 6, model.config.caption_channels, generator=generator).to(device),
+            "encoder_attention_mask": torch.ones(1, 6, device=device), "timestep": torch.tensor([700.0], device=device)}
+
+
+def forward(family, model, device=CPU):
+    with torch.no_grad():
+        return model(**inputs(family, model, device), return_dict=False)[0]
+
+
+def weight_patches(model):
+    """A 'diff' patch (ComfyUI's weight-patch format) on every stored layer's weight."""
+    generator = torch.Generator().manual_seed(4)
+    return {f"module.{name}.weight": ("diff", (torch.randn(layer.weight.shape, generator=generator) * 0.05,))
+            for name, layer in stored_layers(model).items()}
+
+
+def partially(patcher, device=CPU):
+    patcher.detach()
+    patcher.load(device, lowvram_model_memory=patcher.model_size() // 3)
+    return patcher.model.module
+
+
+def run(name, family, path, storage):
+    load = load_wan_transformer if family == "wan" else load_sana_transformer
+    model, _ = load(path, torch.float32, STORAGE_DTYPES[storage] if storage else None)
+    handle = bridge.ModelHandle(model, "diffusion")
+    patcher = handle.patcher
+    assert isinstance(patcher, comfy.model_patcher.ModelPatcher), "not running on ComfyUI's ModelPatcher"
+    tensors[f"{name}.full"] = forward(family, handle.load())
+    full_lowvram = patcher.model.model_lowvram
+    module = partially(patcher)
+    cast = [n for n, m in module.named_modules() if getattr(m, "comfy_cast_weights", False)]
+    tensors[f"{name}.partial"] = forward(family, module)
+    patched = handle.clone()
+    patched.patcher.add_patches(weight_patches(model), 1.0)
+    tensors[f"{name}.patched_full"] = forward(family, patched.load())
+    tensors[f"{name}.patched_partial"] = forward(family, partially(patched.patcher))
+    patched.patcher.detach()
+    tensors[f"{name}.again"] = forward(family, handle.load())
+    mixes = DeviceMixes()
+    module = partially(patcher, META)
+    with mixes:
+        on_meta = forward(family, module, META)
+    return {
+        "full_load_lowvram": full_lowvram, "partial_lowvram": patcher.model.model_lowvram, "cast_layers": len(cast),
+        "layers": sum(1 for m in module.modules() if m._parameters), "meta_mixes": mixes.calls,
+        "meta_output": str(on_meta.device), "scaled_layers": sum(1 for m in module.modules() if SCALE in m._buffers),
+    }
+results, tensors = {}, {}
+with torch.inference_mode():  # as ComfyUI's executor runs every node
+    for name, (family, path, storage) in job["models"].items():
+        results[name] = run(name, family, path, storage)
+save_file({k: v.contiguous() for k, v in tensors.items()}, job["output"] + ".safetensors")
+json.dump(results, open(job["output"] + ".json", "w"))

@@ -1,0 +1,53 @@
+"""Partial loading by ComfyUI's own ModelPatcher: tiny Wan and Sana transformers, plain and with fp8 weight storage
+(a ComfyUI scaled fp8 file kept in fp8), loaded through the pack's handles in a real ComfyUI's Python.
+
+`ModelPatcher.load(device, lowvram_model_memory=a third of the model)` leaves most layers on the offload device; their
+forward must equal the full load's exactly (on the CPU the same cast-on-call path runs, minus the copy), weight
+patches must reach the offloaded layers through ComfyUI's low-VRAM patch functions, and a partial load onto the meta
+device (standing in for a GPU) must run every op on that one device.
+"""
+
+import json
+import os
+import subprocess
+
+import torch
+from conftest import _require_comfyui
+from safetensors.torch import load_file, save_file
+
+from tiny_sana import tiny_sana_transformer
+from tiny_wan import tiny_wan_transformer, write_wan_layouts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "low_vram_in_comfyui.py")
+
+
+def test_comfyui_partial_loads_equal_full_loads(tmp_path):
+    comfy_path, comfy_python = _require_comfyui()
+    wan = write_wan_layouts(tiny_wan_transformer(seed=5), str(tmp_path / "wan"))
+    sana = str(tmp_path / "sana.safetensors")
+    save_file(tiny_sana_transformer("qk_norm", seed=6).state_dict(), sana)
+    models = {"wan": ["wan", wan["diffusers_single"], None],
+              "wan_fp8_scaled": ["wan", wan["comfy_fp8_scaled"], "fp8_e4m3fn"],
+              "sana": ["sana", sana, None], "sana_fp8": ["sana", sana, "fp8_e4m3fn"]}
+    job = {"comfyui": comfy_path, "pack": ROOT, "models": models, "output": str(tmp_path / "out")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    done = subprocess.run([comfy_python, SCRIPT, str(tmp_path / "job.json")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = load_file(str(tmp_path / "out.safetensors"))
+    results = json.load(open(tmp_path / "out.json"))
+    for name, result in results.items():
+        assert not result["full_load_lowvram"] and result["partial_lowvram"], name
+        assert 0 < result["cast_layers"] < result["layers"], f"{name}: ComfyUI left some layers offloaded"
+        full = out[f"{name}.full"]
+        assert torch.equal(out[f"{name}.partial"], full), name
+        patched_full, patched_partial = out[f"{name}.patched_full"], out[f"{name}.patched_partial"]
+        # As for ComfyUI's own fp8 models: a patched layer it loads is rounded back to fp8 (stochastically), one it
+        # left offloaded is patched in the compute dtype; scaled fp8 layers round back in both cases (set_weight).
+        tolerance = 0.15 if name == "sana_fp8" else 1e-6
+        assert (patched_partial - patched_full).abs().max() <= tolerance * full.abs().max(), name
+        assert (patched_full - full).abs().max() > 1e-2 * full.abs().max(), f"{name}: the patches change the output"
+        assert torch.equal(out[f"{name}.again"], full), f"{name}: the base weights are restored"
+        assert result["meta_mixes"] == [] and result["meta_output"] == "meta", name
+    assert results["wan_fp8_scaled"]["scaled_layers"] > 0 and results["wan"]["scaled_layers"] == 0
