@@ -16,6 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .gguf import GGUF_EXT, gguf_shapes, read_gguf, tensor_shape
+
 SAFETENSORS_EXT = (".safetensors", ".sft")
 PICKLE_EXT = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -67,8 +69,9 @@ def safetensors_shapes(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtyp
 
 
 def tensor_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """key -> shape of loaded tensors, the form the config inference and the key checks read."""
-    return {k: tuple(v.shape) for k, v in state_dict.items()}
+    """key -> shape of loaded tensors, the form the config inference and the key checks read (the logical shape of
+    GGUF-quantized tensors, not their bytes')."""
+    return {k: tensor_shape(v) for k, v in state_dict.items()}
 
 
 def _load_pickle(path: str) -> dict[str, torch.Tensor]:
@@ -92,7 +95,8 @@ def _load_pickle(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of one checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt with weights_only=True)."""
+    """All tensors of one checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt with weights_only=True, or .gguf with
+    its quantized tensors kept quantized, see gguf.py)."""
     if not os.path.isfile(path):
         raise ValueError(f"'{path}' is not a file.")
     lower = path.lower()
@@ -101,15 +105,20 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         return load_file(path)
     if lower.endswith(PICKLE_EXT):
         return _load_pickle(path)
+    if lower.endswith(GGUF_EXT):
+        return read_gguf(path)
     raise ValueError(
-        f"'{os.path.basename(path)}' has an unknown extension; expected one of {SAFETENSORS_EXT + PICKLE_EXT}."
+        f"'{os.path.basename(path)}' has an unknown extension; expected one of "
+        f"{SAFETENSORS_EXT + PICKLE_EXT + (GGUF_EXT,)}."
     )
 
 
 def checkpoint_keys(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """key -> (shape, dtype) without reading tensor data where the format allows (safetensors)."""
+    """key -> (shape, dtype) without reading tensor data where the format allows (safetensors, GGUF)."""
     if path.lower().endswith(SAFETENSORS_EXT):
         return safetensors_shapes(path)
+    if path.lower().endswith(GGUF_EXT):
+        return gguf_shapes(path)
     return {k: (tuple(v.shape), v.dtype) for k, v in load_state_dict(path).items()}
 
 

@@ -8,6 +8,10 @@ from collections.abc import Callable
 # ComfyUI / diffusers prefixes.
 _SIGNATURES = [
     ("Sana ControlNet", ("controlnet.0.before_proj.weight", "input_block.weight")),
+    # SD 1.5 / SDXL (original and diffusers), Flux and SD3 ControlNets.
+    ("ControlNet for another model family (SD / SDXL / Flux / SD3)", (
+        "control_model.zero_convs.0.0.weight", "zero_convs.0.0.weight", "controlnet_cond_embedding.conv_in.weight",
+        "controlnet_x_embedder.weight", "pos_embed_input.proj.weight")),
     ("Sana transformer (original layout)", ("t_block.1.weight", "y_embedder.y_proj.fc1.weight")),
     ("Sana transformer (diffusers layout)", ("caption_projection.linear_1.weight",)),
     ("Wan transformer (original layout)", ("head.modulation", "blocks.0.self_attn.q.weight")),
@@ -16,9 +20,12 @@ _SIGNATURES = [
     ("Stable Diffusion / SDXL / Flux VAE", ("decoder.mid.block_1.conv1.weight", "decoder.conv_norm_out.weight")),
     ("DC-AE VAE", ("decoder.project_out.op_list.0.weight", "decoder.norm_out.weight", "decoder.conv_in.weight")),
     ("Gemma-2 text encoder", ("model.layers.0.pre_feedforward_layernorm.weight", "layers.0.pre_feedforward_layernorm.weight")),
-    # umT5 has a relative position bias in every block; T5 v1.1 (Flux / SD3 t5xxl) only in block 0.
-    ("UMT5 text encoder", ("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.1.pos_embedding.embedding.weight")),
-    ("T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",)),
+    # umT5 has a relative position bias in every block; T5 v1.1 (Flux / SD3 t5xxl) only in block 0. (HF, Wan and
+    # llama.cpp GGUF names.)
+    ("UMT5 text encoder", ("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.1.pos_embedding.embedding.weight",
+                           "enc.blk.1.attn_rel_b.weight")),
+    ("T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                         "enc.blk.0.attn_rel_b.weight")),
     ("Stable Diffusion / SDXL UNet", ("model.diffusion_model.input_blocks.0.0.weight", "input_blocks.0.0.weight")),
     ("Flux transformer", ("double_blocks.0.img_attn.qkv.weight",)),
 ]

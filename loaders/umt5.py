@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 
 import torch
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
@@ -23,7 +24,9 @@ from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, tensor_shapes, weight_files_in_folder,
 )
 from .detect import require_family
+from .gguf import is_quantized, load_weights, to_compute_dtype
 from .meta_build import key_mismatch, left_on_meta
+from .storage import storage_preparer
 from .tokenizer_files import SPIECE_KEY, TokenizerFiles, encoder_and_tokenizer_folders
 
 UMT5_FAMILY = "UMT5 text encoder"
@@ -65,6 +68,19 @@ _WAN_BLOCK = {
     "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
 }
 
+# llama.cpp's T5-encoder names (gguf's MODEL_TENSOR.ENC_* and TOKEN_EMBD), as city96's umt5-xxl-encoder GGUFs use
+# them -> UMT5EncoderModel.
+_LLAMA_CPP_TOP_LEVEL = {
+    "token_embd.weight": "shared.weight", "enc.output_norm.weight": "encoder.final_layer_norm.weight",
+}
+_LLAMA_CPP_BLOCK = {
+    "attn_norm": "layer.0.layer_norm", "attn_q": "layer.0.SelfAttention.q", "attn_k": "layer.0.SelfAttention.k",
+    "attn_v": "layer.0.SelfAttention.v", "attn_o": "layer.0.SelfAttention.o",
+    "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias", "ffn_norm": "layer.1.layer_norm",
+    "ffn_gate": "layer.1.DenseReluDense.wi_0", "ffn_up": "layer.1.DenseReluDense.wi_1",
+    "ffn_down": "layer.1.DenseReluDense.wo",
+}
+
 # ComfyUI's scaled-fp8 files: a `scaled_fp8` marker tensor, and per quantised Linear `<layer>.scale_weight`
 # (and, when made for fp8 matmuls, `<layer>.scale_input`, which only scales activations).
 _SCALED_FP8_MARKER, _SCALE_WEIGHT, _SCALE_INPUT = "scaled_fp8", ".scale_weight", ".scale_input"
@@ -84,15 +100,27 @@ def _is_wan_layout(keys) -> bool:
     return any(k == "token_embedding.weight" or k.startswith("blocks.") for k in keys)
 
 
+def _llama_cpp_key_to_hf(key: str) -> str:
+    if key in _LLAMA_CPP_TOP_LEVEL:
+        return _LLAMA_CPP_TOP_LEVEL[key]
+    match = re.fullmatch(r"enc\.blk\.(\d+)\.(\w+)\.weight", key)
+    if match and match.group(2) in _LLAMA_CPP_BLOCK:
+        return f"encoder.block.{match.group(1)}.{_LLAMA_CPP_BLOCK[match.group(2)]}.weight"
+    return key  # left as it is, so the strict key check names it as unexpected
+
+
 def to_umt5_keys(state_dict: dict) -> dict:
     """The state dict (tensors or shapes) under UMT5EncoderModel's names, embeddings tied.
 
-    Wan's original names are mapped; HF names stay; a full encoder-decoder checkpoint loses `decoder.*` and
-    `lm_head.*`. The embedding is stored once (`shared.weight`, Comfy / save_pretrained) or twice (state_dict
-    dumps); the model holds it under both names, one tensor, `shared` winning as in transformers.
+    Wan's original names and llama.cpp's (GGUF files) are mapped; HF names stay; a full encoder-decoder checkpoint
+    loses `decoder.*` and `lm_head.*`. The embedding is stored once (`shared.weight`, Comfy / save_pretrained /
+    `token_embd`) or twice (state_dict dumps); the model holds it under both names, one tensor, `shared` winning as
+    in transformers.
     """
     if _is_wan_layout(state_dict):
         state_dict = {_wan_key_to_hf(k): v for k, v in state_dict.items()}
+    elif "token_embd.weight" in state_dict:
+        state_dict = {_llama_cpp_key_to_hf(k): v for k, v in state_dict.items()}
     else:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("decoder.", "lm_head."))}
     embedding = next((state_dict[k] for k in _EMBED_KEYS if k in state_dict), None)
@@ -135,11 +163,11 @@ def umt5_on_meta(config: UMT5Config) -> UMT5EncoderModel:
 
 
 def _weights_dtype(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> torch.dtype:
-    """The requested dtype, else the embedding's; files holding fp8 weights compute in bf16 (fp8's range, no
-    fp16 overflow)."""
+    """The requested dtype, else the embedding's; files holding fp8 or GGUF-quantized weights compute in bf16 (fp8's
+    range, no fp16 overflow)."""
     if dtype is not None:
         return dtype
-    if any(v.dtype in _FP8_DTYPES for v in state_dict.values()):
+    if any(v.dtype in _FP8_DTYPES or is_quantized(v) for v in state_dict.values()):
         return torch.bfloat16
     return next(state_dict[k].dtype for k in _EMBED_KEYS if k in state_dict)
 
@@ -161,7 +189,7 @@ def cast_and_dequantise(state_dict: dict[str, torch.Tensor], dtype: torch.dtype)
         if key == _SCALED_FP8_MARKER or key.endswith((_SCALE_WEIGHT, _SCALE_INPUT)):
             continue
         target = torch.float32 if _keeps_fp32(key, dtype) else dtype
-        value = value.to(target)
+        value = to_compute_dtype(value, target)
         scale = state_dict.get(key.removesuffix(".weight") + _SCALE_WEIGHT) if key.endswith(".weight") else None
         out[key] = value * scale.to(target) if scale is not None else value
     return out
@@ -179,16 +207,19 @@ def _check_keys(model: UMT5EncoderModel, state_dict: dict[str, torch.Tensor]) ->
         )
 
 
-def build_umt5(config: UMT5Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> UMT5EncoderModel:
+def build_umt5(config: UMT5Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None,
+               storage: torch.dtype | None = None) -> UMT5EncoderModel:
     """The encoder built on meta and given the tensors (assign=True: one copy of the weights), eval, no grad.
 
     UMT5EncoderModel has no buffers (the relative position buckets are computed in forward), so nothing else needs
-    materialising; the embedding is re-tied so `shared` and `encoder.embed_tokens` stay one module.
+    materialising; the embedding is re-tied so `shared` and `encoder.embed_tokens` stay one module. `storage`: see
+    loaders/storage.py (fp8 files keep their fp8 weights and scales).
     """
-    state_dict = cast_and_dequantise(state_dict, _weights_dtype(state_dict, dtype))
+    compute = _weights_dtype(state_dict, dtype)
     model = umt5_on_meta(config)
+    state_dict = storage_preparer(compute, storage, partial(cast_and_dequantise, dtype=compute))(model, state_dict)
     _check_keys(model, state_dict)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    load_weights(model, state_dict)
     model.set_input_embeddings(model.shared)
     still_meta = left_on_meta(model)
     if still_meta:
@@ -232,7 +263,8 @@ def _folder_config(config_path: str) -> UMT5Config:
     return UMT5Config.from_pretrained(os.path.dirname(config_path), local_files_only=True)
 
 
-def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+def _load_folder(path: str, dtype: torch.dtype | None,
+                 storage: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
     encoder_dir, tokenizer_dirs = encoder_and_tokenizer_folders(path)
     files = weight_files_in_folder(encoder_dir, "model")
     _check_family({k for f in files for k in checkpoint_keys(f)}, path)
@@ -243,10 +275,11 @@ def _load_folder(path: str, dtype: torch.dtype | None) -> tuple[UMT5EncoderModel
         config = _folder_config(config_path)
     else:
         config = infer_umt5_config(tensor_shapes(state_dict))
-    return build_umt5(config, state_dict, dtype), tokenizer_from_folder(tokenizer_dir)
+    return build_umt5(config, state_dict, dtype, storage), tokenizer_from_folder(tokenizer_dir)
 
 
-def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+def _load_single_file(path: str, dtype: torch.dtype | None,
+                      storage: torch.dtype | None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
     keys = checkpoint_keys(path)
     _check_family(keys, path)
     config = infer_umt5_config(to_umt5_keys({k: shape for k, (shape, _) in keys.items()}))
@@ -256,19 +289,21 @@ def _load_single_file(path: str, dtype: torch.dtype | None) -> tuple[UMT5Encoder
     tokenizer_dir = None if SPIECE_KEY in keys else UMT5_TOKENIZER.require(path, beside)
     state_dict = load_state_dict(path)
     tokenizer = UMT5_TOKENIZER.pop_from(state_dict, tokenizer_dir)
-    return build_umt5(config, to_umt5_keys(state_dict), dtype), tokenizer
+    return build_umt5(config, to_umt5_keys(state_dict), dtype, storage), tokenizer
 
 
-def load_umt5_encoder(path: str, dtype: torch.dtype | None = None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+def load_umt5_encoder(path: str, dtype: torch.dtype | None = None,
+                      storage: torch.dtype | None = None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
     """Wan's text encoder: UMT5EncoderModel (eval mode) and its tokenizer.
 
     `dtype` None keeps the file's dtype (bf16 for fp8 files); float16 keeps `wo` in float32 as transformers does.
+    `storage` (fp8 / bf16) holds the Linear weights but `wo` in that dtype, computed in `dtype` (loaders/storage.py).
     `path` is an HF / diffusers pipeline folder, a Comfy-Org safetensors file or the original Wan .pth. The family,
     the shapes and the tokenizer are checked before any weight is read (from the safetensors header; a .pth is
     mapped lazily), so a wrong or incomplete pick fails at once with a ValueError that says what to do.
     """
     if os.path.isdir(path):
-        return _load_folder(path, dtype)
+        return _load_folder(path, dtype, storage)
     if os.path.isfile(path):
-        return _load_single_file(path, dtype)
+        return _load_single_file(path, dtype, storage)
     raise ValueError(f"'{path}' is neither a UMT5 model folder nor a weights file.")
