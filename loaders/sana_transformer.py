@@ -20,6 +20,7 @@ from .checkpoint import (
 )
 from .detect import require_transformer
 from .meta_build import build_on_meta, cast_floats, check_converted_layout, main_dtype
+from .storage import storage_preparer
 
 DIFFUSERS_STEM = "diffusion_pytorch_model"
 _FILE_PREFIXES = ("model.diffusion_model.",)
@@ -108,16 +109,18 @@ class SanaVariant:
     latent_channels: int
 
 
-def load_sana_transformer(path: str, dtype: torch.dtype | None = None) -> tuple[SanaTransformer2DModel, SanaVariant]:
+def load_sana_transformer(path: str, dtype: torch.dtype | None = None,
+                          storage: torch.dtype | None = None) -> tuple[SanaTransformer2DModel, SanaVariant]:
     """A Sana transformer from a checkpoint file or a diffusers (model or pipeline) folder.
 
     `dtype` None keeps the dtype that most of the file's weights have; otherwise every floating tensor is cast.
+    `storage` (fp8 / bf16) holds the Linear / Conv weights in that dtype, computed in `dtype` (loaders/storage.py).
     """
     if os.path.isdir(path):
         config, state_dict = _read_folder(path)
     else:
         config, state_dict = _read_file(path)
-    model = _build_model(config, state_dict, dtype, os.path.basename(os.path.normpath(path)))
+    model = _build_model(config, state_dict, dtype, os.path.basename(os.path.normpath(path)), storage)
     return model, sana_variant(dict(model.config))
 
 
@@ -157,12 +160,15 @@ def sana_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
     }
 
 
-def convert_original_to_diffusers(state_dict: dict) -> dict:
+def convert_original_to_diffusers(state_dict: dict, sprint: bool | None = None) -> dict:
     """Original Sana keys -> diffusers keys (fused qkv / kv split); works on meta tensors.
 
-    Keys the map does not know are kept under their own name, so the strict key check reports them.
+    Keys the map does not know are kept under their own name, so the strict key check reports them. `sprint` None
+    tells a Sprint model (whose timestep embedder sits elsewhere) by its cfg_embedder keys; parts of a file (LoRA
+    layers) pass it.
     """
-    sprint = any(key.startswith("cfg_embedder.") for key in state_dict)
+    if sprint is None:
+        sprint = any(key.startswith("cfg_embedder.") for key in state_dict)
     timestep_prefix = "time_embed.timestep_embedder." if sprint else "time_embed.emb.timestep_embedder."
     top_level = {**_TOP_LEVEL, **{old: timestep_prefix + new for old, new in _TIMESTEP_EMBEDDER.items()}}
     converted = {}
@@ -216,10 +222,12 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, convert_original_to_diffusers(state_dict) if original else state_dict
 
 
-def _build_model(config: dict, state_dict: dict, dtype: torch.dtype | None, name: str) -> SanaTransformer2DModel:
+def _build_model(config: dict, state_dict: dict, dtype: torch.dtype | None, name: str,
+                 storage: torch.dtype | None = None) -> SanaTransformer2DModel:
     dtype = dtype or main_dtype(state_dict)
     check = partial(check_converted_layout, family="Sana")
-    model = build_on_meta(SanaTransformer2DModel, config, cast_floats(state_dict, dtype), name, check)
+    prepare = storage_preparer(dtype, storage, partial(cast_floats, dtype=dtype))
+    model = build_on_meta(SanaTransformer2DModel, config, state_dict, name, check, prepare)
     _materialise_pos_embed(model, dtype)
     return model.eval()
 
