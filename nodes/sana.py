@@ -6,21 +6,24 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.sana_transformer import load_sana_transformer
+from ..loaders.storage import storage_dtype
 from ..samplers.guidance import pipeline_cfg
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.sana import check_sana_latent, sample_sana, sana_memory_estimate
 from ..samplers.schedulers import SOLVERS
+from .controlnet import load_with_controlnets
 from .options import (
-    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, model_choices, resolve_dtype,
-    resolve_model,
+    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, STORAGE_INPUT, cfg_input, guidance_input, model_choices,
+    resolve_dtype, resolve_model,
 )
 
 FOLDERS = ("diffusion_models",)
 
 
 class SanaTransformerLoader:
-    DESCRIPTION = ("Loads any Sana transformer: original .pth/.safetensors, ComfyUI single files, diffusers folders. "
+    DESCRIPTION = ("Loads any Sana transformer: original .pth/.safetensors, ComfyUI single files, diffusers folders, "
+                   "GGUF quantisations (kept quantized in memory). "
                    "The variant (600M, 1.6B, 1.5, 2K/4K, Sprint) is recognised from the weights.")
     CATEGORY = "Sana"
     FUNCTION = "load"
@@ -32,12 +35,13 @@ class SanaTransformerLoader:
         return {"required": {
             "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
             "dtype": DTYPE_INPUT,
-        }}
+        }, "optional": {"weight_storage": STORAGE_INPUT}}
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, weight_storage="default"):
+        storage = storage_dtype(weight_storage)
         path = resolve_model(FOLDERS, model_name)
         weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
-        transformer, variant = load_sana_transformer(path, weight_dtype)
+        transformer, variant = load_sana_transformer(path, weight_dtype, storage)
         return (bridge.ModelHandle(transformer, "diffusion", family="sana", variant=variant),)
 
 
@@ -71,11 +75,12 @@ class SanaSampler:
         validate_sampling(steps, cfg, denoise, shift)
         check_sana_latent(latent["samples"], model.module.config.in_channels)
         guidance = guidance if guidance is not None else pipeline_cfg(cfg)
-        transformer = model.load(sana_memory_estimate(model.module, latent["samples"].shape, guidance.uses_uncond))
+        memory = sana_memory_estimate(model.module, latent["samples"].shape, guidance.uses_uncond)
+        transformer = load_with_controlnets(model, positive, negative, latent["samples"].shape, memory)
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_sana(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, denoise,
-                                  callback, guidance, sigmas)
+                                  callback, guidance, sigmas, model.info.get("speed"))
         return ({"samples": samples.to(bridge.intermediate_device())},)
 
 
