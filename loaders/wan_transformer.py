@@ -14,7 +14,7 @@ from functools import partial
 from math import prod
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
@@ -22,7 +22,9 @@ from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
 )
 from .detect import require_transformer
+from .gguf import to_compute_dtype
 from .meta_build import COMPUTE_DTYPES, build_on_meta, check_converted_layout, main_dtype
+from .storage import storage_preparer
 
 DIFFUSERS_STEM = "diffusion_pytorch_model"
 _FILE_PREFIXES = ("model.diffusion_model.",)
@@ -46,9 +48,10 @@ _FP8_COMPUTE_DTYPE = torch.bfloat16
 # embedding of the first-last-frame (FLF2V) model, which it leaves under its original name.
 _CONVERTER_GAPS = {"img_emb.emb_pos": "condition_embedder.image_embedder.pos_embed"}
 
-# Add-ons that ComfyUI's own detection knows and that `WanTransformer3DModel` cannot hold: key prefix -> what it is.
+# Add-ons that ComfyUI's own detection knows and that no diffusers Wan2.1 class here holds: key prefix -> what it is.
+# (VACE, `vace_*` keys, loads as `WanVACETransformer3DModel`.)
 _EXTENSIONS = {
-    "vace_": "Wan VACE", "control_adapter.": "Wan Fun-Camera", "casual_audio_encoder.": "Wan2.2 S2V",
+    "control_adapter.": "Wan Fun-Camera", "casual_audio_encoder.": "Wan2.2 S2V",
     "audio_proj.": "Wan HuMo", "face_adapter.": "Wan2.2 Animate", "ref_conv.": "Wan Fun reference-image",
 }
 
@@ -65,6 +68,8 @@ _ROLES = {
     "image_pos": r"condition_embedder\.image_embedder\.pos_embed",
     "added_kv": r"blocks\.\d+\.attn2\.add_k_proj\.weight",
     "block": r"blocks\.(\d+)\..+",
+    "vace_patch": r"vace_patch_embedding\.weight",
+    "vace_block": r"vace_blocks\.(\d+)\..+",
 }
 
 _SIZES = {(1536, 30): "1.3B", (5120, 40): "14B"}
@@ -80,14 +85,18 @@ class WanVariant:
     default_steps: int
     is_i2v: bool
     latent_channels: int
+    is_vace: bool = False  # a VACE model: it samples with a Wan VACE Conditioning (controlnet/wan_vace.py)
 
 
-def load_wan_transformer(path: str, dtype: torch.dtype | None = None) -> tuple[WanTransformer3DModel, WanVariant]:
+def load_wan_transformer(path: str, dtype: torch.dtype | None = None,
+                         storage: torch.dtype | None = None) -> tuple[WanTransformer3DModel, WanVariant]:
     """A Wan2.1 transformer from a checkpoint file or a diffusers (model or pipeline) folder.
 
     `dtype` None keeps the dtype that most of the file's weights have (bf16 for fp8 files); otherwise every floating
     tensor is cast. Either way the modules diffusers keeps in float32 (time embedder, modulation tables, affine
     norms) stay float32 when the dtype is a half type, as `WanTransformer3DModel.from_pretrained` does.
+    `storage` (fp8 / bf16) holds the Linear weights in that dtype, computed in `dtype` (loaders/storage.py); fp8
+    files then keep their fp8 weights (and scales) instead of being dequantised.
     """
     if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ValueError(f"A Wan transformer is computed in float32, float16 or bfloat16, not {dtype}.")
@@ -95,8 +104,11 @@ def load_wan_transformer(path: str, dtype: torch.dtype | None = None) -> tuple[W
         config, state_dict, original = _read_folder(path)
     else:
         config, state_dict, original = _read_file(path)
-    state_dict = _to_model_tensors(state_dict, original, dtype)
-    model = _build_model(config, state_dict, os.path.basename(os.path.normpath(path)))
+    dtype = dtype or _default_dtype(state_dict)
+    if original:  # scale tensors are renamed with their weights
+        state_dict = convert_original_to_diffusers(state_dict)
+    prepare = storage_preparer(dtype, storage, partial(_to_model_tensors, dtype=dtype))
+    model = _build_model(config, state_dict, os.path.basename(os.path.normpath(path)), prepare)
     return model, wan_variant(dict(model.config))
 
 
@@ -124,6 +136,7 @@ def wan_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
         "image_dim": image[0] if image else None,
         "added_kv_proj_dim": added_kv[1] if added_kv else None,
         "pos_embed_seq_len": image_pos[1] if image_pos else None,
+        **_vace_config(shapes),
     }
 
 
@@ -160,14 +173,14 @@ def wan_variant(config: dict) -> WanVariant:
     """Name and sampling defaults: the Wan README runs the 1.3B at shift 8 and cfg 6 (480p), the rest at 5 and 5."""
     width = config["num_attention_heads"] * config["attention_head_dim"]
     size = _SIZES.get((width, config["num_layers"]))
-    is_i2v = config.get("image_dim") is not None
-    task = "FLF2V" if config.get("pos_embed_seq_len") else "I2V" if is_i2v else "T2V"
+    is_i2v, is_vace = config.get("image_dim") is not None, bool(config.get("vace_layers"))
+    task = "VACE" if is_vace else "FLF2V" if config.get("pos_embed_seq_len") else "I2V" if is_i2v else "T2V"
     layers = config["num_layers"]
     name = f"Wan2.1 {task} {size}" if size else f"Wan2.1-like {task} transformer ({width} wide, {layers} layers)"
     small = size == "1.3B"
     return WanVariant(
         name=name, default_shift=8.0 if small else 5.0, default_cfg=6.0 if small else 5.0, default_steps=50,
-        is_i2v=is_i2v, latent_channels=config["out_channels"],
+        is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace,
     )
 
 
@@ -204,7 +217,7 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
     else:
         config = read_json(config_path)
         class_name = config.get("_class_name", WanTransformer3DModel.__name__)
-        if class_name != WanTransformer3DModel.__name__:
+        if class_name not in (WanTransformer3DModel.__name__, WanVACETransformer3DModel.__name__):
             raise ValueError(f"'{name}' holds a {class_name}, not a WanTransformer3DModel.")
     _require_wan21(config, name)
     return config, load_folder_state_dict(folder, DIFFUSERS_STEM), original
@@ -236,22 +249,20 @@ def _require_wan21(config: dict, name: str) -> None:
     raise ValueError(f"'{name}' is {what}, not a Wan2.1 text- or image-to-video model; this loader takes Wan2.1 only.")
 
 
-def _to_model_tensors(state_dict: dict, original: bool, dtype: torch.dtype | None) -> dict:
-    """Dequantise, rename to the diffusers layout, cast (float32 where diffusers keeps a module in float32)."""
-    dtype = dtype or _default_dtype(state_dict)
+def _to_model_tensors(state_dict: dict, dtype: torch.dtype) -> dict:
+    """Dequantise, cast (float32 where diffusers keeps a module in float32)."""
     state_dict = dequantise_fp8(state_dict, dtype)
-    if original:
-        state_dict = convert_original_to_diffusers(state_dict)
     keep = WanTransformer3DModel._keep_in_fp32_modules
     return {
-        k: v.to(torch.float32 if any(m in k.split(".") for m in keep) else dtype) if v.is_floating_point() else v
+        k: to_compute_dtype(v, torch.float32 if any(m in k.split(".") for m in keep) else dtype)
         for k, v in state_dict.items()
     }
 
 
-def _build_model(config: dict, state_dict: dict, name: str) -> WanTransformer3DModel:
+def _build_model(config: dict, state_dict: dict, name: str, prepare) -> WanTransformer3DModel:
     check = partial(check_converted_layout, family="Wan")
-    model = build_on_meta(WanTransformer3DModel, config, state_dict, name, check)
+    model_class = WanVACETransformer3DModel if config.get("vace_layers") else WanTransformer3DModel
+    model = build_on_meta(model_class, config, state_dict, name, check, prepare)
     _materialise_rope(model)
     return model.eval()
 
@@ -287,6 +298,20 @@ def _require(shapes: dict, role: str) -> tuple[int, ...]:
         readable = _ROLES[role].replace("\\d+", "N").replace("\\", "")
         raise ValueError(f"Not a complete Wan transformer: no tensor '{readable}' (diffusers name).")
     return shape
+
+
+def _vace_config(shapes: dict) -> dict:
+    """VACE's config fields, {} for other models. The files do not record after which blocks the VACE blocks add
+    their hints: as ComfyUI (comfy/ldm/wan/model.py) and the VACE releases, after every (layers // count)-th block
+    (1.3B: every 2nd of 30, 14B: every 5th of 40)."""
+    embedding = _find(shapes, _ROLES["vace_patch"])
+    indices = [int(m[1]) for m in (re.fullmatch(_ROLES["vace_block"], key) for key in shapes) if m]
+    if embedding is None:
+        return {}
+    if not indices:
+        raise ValueError("Not a complete Wan VACE transformer: it has a VACE patch embedding but no VACE blocks.")
+    count, layers = max(indices) + 1, _num_layers(shapes)
+    return {"vace_layers": list(range(0, layers, max(1, layers // count)))[:count], "vace_in_channels": embedding[1]}
 
 
 def _num_layers(shapes: dict) -> int:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_bridge as bridge
+from ..loaders.storage import storage_dtype
 from ..loaders.wan_transformer import load_wan_transformer
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.schedulers import SCHEDULES, SOLVERS
 from ..samplers.wan import check_wan_latent, sample_wan, wan_memory_estimate
 from .options import (
-    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, model_choices, resolve_dtype,
-    resolve_model,
+    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, STORAGE_INPUT, cfg_input, guidance_input, model_choices,
+    resolve_dtype, resolve_model,
 )
 
 FOLDERS = ("diffusion_models",)
@@ -20,7 +21,8 @@ FOLDERS = ("diffusion_models",)
 
 class WanTransformerLoader:
     DESCRIPTION = ("Loads a Wan2.1 transformer: Comfy-Org repackaged files (fp16/bf16/fp8 scaled), the original "
-                   "Wan-AI release or a diffusers folder. 1.3B and 14B are recognised from the weights.")
+                   "Wan-AI release, a diffusers folder or a GGUF quantisation (city96's Q8_0 ... Q4_K, kept quantized "
+                   "in memory). 1.3B and 14B are recognised from the weights.")
     CATEGORY = "Wan"
     FUNCTION = "load"
     RETURN_TYPES = ("WAN_MODEL",)
@@ -30,12 +32,13 @@ class WanTransformerLoader:
         return {"required": {
             "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
             "dtype": DTYPE_INPUT,
-        }}
+        }, "optional": {"weight_storage": STORAGE_INPUT}}
 
-    def load(self, model_name, dtype):
+    def load(self, model_name, dtype, weight_storage="default"):
+        storage = storage_dtype(weight_storage)
         path = resolve_model(FOLDERS, model_name)
         weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
-        transformer, variant = load_wan_transformer(path, weight_dtype)
+        transformer, variant = load_wan_transformer(path, weight_dtype, storage)
         return (bridge.ModelHandle(transformer, "diffusion", family="wan", variant=variant),)
 
 
@@ -79,7 +82,7 @@ class WanSampler:
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_wan(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, schedule,
-                                 denoise, callback, guidance, sigmas, batched)
+                                 denoise, callback, guidance, sigmas, batched, model.info.get("speed"))
         return ({"samples": samples.to(bridge.intermediate_device())},)
 
 

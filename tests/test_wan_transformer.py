@@ -292,19 +292,19 @@ def test_wan22_a14b_pipeline_and_add_ons_are_refused(written, tmp_path):
     with pytest.raises(ValueError, match="Wan2.2 A14B"):
         load_wan_transformer(str(tmp_path / "Wan2.2-T2V-A14B-Diffusers"))
     state_dict = load_file(paths["original_safetensors"])
-    state_dict["vace_patch_embedding.weight"] = torch.zeros(128, 96, 1, 2, 2)
-    save_file(state_dict, str(tmp_path / "vace.safetensors"))
-    with pytest.raises(ValueError, match="Wan VACE"):
-        load_wan_transformer(str(tmp_path / "vace.safetensors"))
+    state_dict["control_adapter.conv.weight"] = torch.zeros(128, 96, 2, 2)
+    save_file(state_dict, str(tmp_path / "fun_camera.safetensors"))
+    with pytest.raises(ValueError, match="Wan Fun-Camera"):
+        load_wan_transformer(str(tmp_path / "fun_camera.safetensors"))
 
 
 def test_other_diffusers_class_is_refused(written, tmp_path):
     _, paths, _ = written("t2v")
-    folder = tmp_path / "vace"
+    folder = tmp_path / "animate"
     shutil.copytree(paths["diffusers_folder"], folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "WanVACETransformer3DModel"}))
-    with pytest.raises(ValueError, match="holds a WanVACETransformer3DModel"):
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "WanAnimateTransformer3DModel"}))
+    with pytest.raises(ValueError, match="holds a WanAnimateTransformer3DModel"):
         load_wan_transformer(str(folder))
 
 

@@ -24,6 +24,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "comfyui-sana-wan"
 REAL_SIZE_WAN_VAE = "wan_2.1_vae_random_real_size.safetensors"
+# ComfyUI's input folder for Load Image / Load Video: sample_media's INPUT_IMAGE and INPUT_VIDEO (width, height, frames).
+INPUT_FOLDER, INPUT_SIZE = "input", (48, 32, 9)
 VRAM_FLAGS = {"--lowvram", "--novram", "--highvram", "--gpu-only"}
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -117,6 +119,10 @@ def _require_comfyui() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory):
     _require_comfyui()  # before writing models nobody would use
+    from sample_media import write_sample_inputs
+    from tiny_lora import write_wan_loras
+    from tiny_sana_controlnet import write_integration_files
+    from tiny_wan_vace import WAN_VACE_FILE, tiny_vace_transformer, write_vace_layouts
     from tiny_models import (
         SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set,
         tiny_wan_set, write_sana_files, write_wan_files,
@@ -130,6 +136,11 @@ def comfy_models_dir(tmp_path_factory):
     # 4096-wide text (UMT5-XXL's width) so native ComfyUI, which hard-codes it, can load the tiny Wan transformer.
     place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, root)
     real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))
+    vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
+    shutil.copy(vace["comfy_prefixed"], os.path.join(root, "diffusion_models", WAN_VACE_FILE))
+    write_sample_inputs(os.path.join(root, INPUT_FOLDER), *INPUT_SIZE)
+    write_integration_files(os.path.join(root, "controlnet"), os.path.join(root, INPUT_FOLDER))
+    write_wan_loras(os.path.join(root, "loras"))
     return root
 
 
@@ -145,13 +156,15 @@ def _running_server(tmp_path_factory, models_dir: str, memory_flags: tuple[str, 
     config = work / "extra_model_paths.yaml"
     config.write_text(
         f"sana_wan_tests:\n  base_path: {models_dir}\n  diffusion_models: diffusion_models\n"
-        f"  text_encoders: text_encoders\n  vae: vae\n  custom_nodes: {custom_nodes}\n"
+        f"  text_encoders: text_encoders\n  vae: vae\n  controlnet: controlnet\n  loras: loras\n"
+        f"  custom_nodes: {custom_nodes}\n"
     )
     port = _free_port()
     log_path = str(work / "server.log")
     device = [] if set(memory_flags) & VRAM_FLAGS else ["--cpu"]  # ComfyUI takes no VRAM state with --cpu
     command = [comfy_python, "main.py", *device, "--listen", "127.0.0.1", "--port", str(port),
                "--disable-auto-launch", "--extra-model-paths-config", str(config), "--output-directory", str(output),
+               "--input-directory", os.path.join(models_dir, INPUT_FOLDER),
                "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, "--preview-method", "latent2rgb",
                *memory_flags]
     with open(log_path, "w") as log:
