@@ -1,0 +1,72 @@
+"""What ComfyUI's own samplers need to run a loaded Sana or Wan transformer as a native MODEL (comfy_bridge's
+native MODEL adapter): the model call in ComfyUI's terms, the default shift, the latent space and a memory estimate.
+
+ComfyUI calls a flow model with x (the model-space latent at noise level sigma), its timestep sigma * 1000 and the
+CONDITIONING's embeddings (and attention mask, where the model uses one) and wants the velocity back; these are the
+same calls our samplers make (samplers/wan.py, samplers/sana.py), so KSampler(euler) on the adapter equals our
+flow_euler run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .sana import SANA_LATENT_SCALE, sana_memory_estimate
+from .wan import wan_memory_estimate
+
+# forward(x, timestep, context, attention_mask): the velocity; timestep is ComfyUI's sigma * 1000.
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class NativeSpec:
+    family: str  # "wan" (ComfyUI's Wan21 latent format) or "sana" (raw DC-AE latents x latent_scale)
+    shift: float  # the model's default flow shift: ComfyUI's sampling_settings, ModelSamplingSD3 replaces it
+    latent_channels: int
+    latent_scale: float
+    uses_mask: bool  # whether the CONDITIONING's attention mask reaches the model
+    forward: Forward
+    memory: Callable[[tuple], int]  # bytes of activations for one call on a [B, C, ...] input
+
+
+def native_spec(transformer, info: dict) -> NativeSpec:
+    """The spec for a handle's transformer and info (family, variant); ValueError for models ComfyUI's samplers
+    cannot drive through the plain model call."""
+    family, variant = info.get("family"), info.get("variant")
+    if family == "wan":
+        if variant.is_vace or variant.is_i2v:
+            kind = "VACE" if variant.is_vace else "image-to-video"
+            raise ValueError(f"This is a Wan {kind} model: it needs its control / image inputs, which the MODEL "
+                             "adapter does not pass. Sample it with the Wan Sampler.")
+        return NativeSpec("wan", variant.default_shift, transformer.config.in_channels, 1.0, False,
+                          _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape))
+    if family == "sana":
+        if variant.is_sprint:
+            raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance "
+                             "embedding, not with ComfyUI's flow samplers. Use the Sana Sprint Sampler.")
+        return NativeSpec("sana", variant.default_shift, transformer.config.in_channels, SANA_LATENT_SCALE, True,
+                          _sana_forward(transformer),
+                          lambda shape: sana_memory_estimate(transformer, shape, guided=False))
+    raise ValueError(f"The MODEL adapter takes a Sana or Wan transformer, got a '{family}' model.")
+
+
+def _wan_forward(transformer) -> Forward:
+    def forward(x, timestep, context, attention_mask=None):
+        # No mask: prompts are zero-padded to 512 tokens, as Wan was trained (and as samplers/wan.py and ComfyUI's
+        # own Wan model run them).
+        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+    return forward
+
+
+def _sana_forward(transformer) -> Forward:
+    def forward(x, timestep, context, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones(context.shape[:2], dtype=torch.int64, device=context.device)
+        return transformer(x, encoder_hidden_states=context, encoder_attention_mask=attention_mask,
+                           timestep=timestep * transformer.config.timestep_scale, return_dict=False)[0]
+
+    return forward

@@ -1,0 +1,43 @@
+"""The MODEL adapter outside ComfyUI and for models ComfyUI's samplers cannot drive: clear errors. (Its behaviour
+inside ComfyUI is tested against our samplers in integration/test_comfyui_native_model.py.)"""
+
+import pytest
+import torch
+
+from sana_wan import comfy_bridge as bridge
+from sana_wan.loaders.sana_transformer import SanaVariant
+from sana_wan.loaders.wan_transformer import WanVariant
+from sana_wan.nodes.native import SanaModelToMODEL, WanModelToMODEL
+from sana_wan.samplers.native import native_spec
+from tiny_wan import tiny_wan_transformer
+
+
+def _wan_variant(**traits):
+    return WanVariant(**{"name": "tiny", "default_shift": 5.0, "default_cfg": 5.0, "default_steps": 50,
+                         "is_i2v": False, "latent_channels": 16, **traits})
+
+
+def test_standalone_the_node_says_it_needs_comfyui():
+    handle = bridge.ModelHandle(tiny_wan_transformer(seed=1), "diffusion", family="wan", variant=_wan_variant())
+    with pytest.raises(ValueError, match="inside ComfyUI only"):
+        WanModelToMODEL().convert(handle)
+
+
+def test_wan_spec_calls_the_transformer_with_comfyui_timesteps():
+    model = tiny_wan_transformer(seed=1)
+    spec = native_spec(model, {"family": "wan", "variant": _wan_variant()})
+    x, context, t = torch.randn(1, 16, 1, 4, 4), torch.randn(1, 5, model.config.text_dim), torch.tensor([600.0])
+    with torch.no_grad():
+        expected = model(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+        assert torch.equal(spec.forward(x, t, context, None), expected)
+    assert (spec.family, spec.shift, spec.latent_channels, spec.uses_mask) == ("wan", 5.0, 16, False)
+
+
+@pytest.mark.parametrize("node, info, message", [
+    (SanaModelToMODEL, {"family": "sana", "variant": SanaVariant("Sprint", 32, 3.0, True, 32)}, "Sana-Sprint"),
+    (WanModelToMODEL, {"family": "wan", "variant": _wan_variant(is_vace=True)}, "VACE"),
+    (WanModelToMODEL, {"family": "wan", "variant": _wan_variant(is_i2v=True)}, "image-to-video"),
+])
+def test_models_the_adapter_cannot_drive_are_refused(node, info, message):
+    with pytest.raises(ValueError, match=message):
+        native_spec(None, info)
