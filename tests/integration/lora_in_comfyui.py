@@ -7,29 +7,14 @@ JOB: {"comfyui", "pack", "model" (a Wan transformer file or folder), "loras" (fo
 forward's keyword tensors), "runs" ([name, [[lora file name, strength], ...]] in order), "output"}
 """
 
-import importlib.util
-import json
-import os
-import sys
+from comfy_job import start
 
-job = json.load(open(sys.argv[1]))
-sys.path.insert(0, job["comfyui"])
-sys.argv = [sys.argv[0], "--cpu"]
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
+job = start()
 
 import comfy.model_patcher  # noqa: E402
 import folder_paths  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("sana_wan", os.path.join(job["pack"], "__init__.py"),
-                                              submodule_search_locations=[job["pack"]])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["sana_wan"] = pack
-spec.loader.exec_module(pack)
 
 from sana_wan import comfy_bridge as bridge  # noqa: E402
 from sana_wan.loaders.wan_transformer import load_wan_transformer  # noqa: E402

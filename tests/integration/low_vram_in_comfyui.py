@@ -10,30 +10,17 @@ usage: COMFYUI_PYTHON low_vram_in_comfyui.py JOB.json
 JOB: {"comfyui", "pack", "models": {name: [family "wan" / "sana", file, weight storage or null]}, "output" (prefix)}
 """
 
-import importlib.util
 import json
-import os
-import sys
 
-job = json.load(open(sys.argv[1]))
-sys.path.insert(0, job["comfyui"])
-sys.argv = [sys.argv[0], "--cpu"]
+from comfy_job import start
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
+job = start()
 
 import comfy.model_patcher  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils import _pytree as pytree  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("sana_wan", os.path.join(job["pack"], "__init__.py"),
-                                              submodule_search_locations=[job["pack"]])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["sana_wan"] = pack
-spec.loader.exec_module(pack)
 
 from sana_wan import comfy_bridge as bridge  # noqa: E402
 from sana_wan.loaders.cast_layers import SCALE  # noqa: E402
