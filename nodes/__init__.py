@@ -1,9 +1,12 @@
 """Node registry: every node module contributes its classes and display names here."""
 
-from . import decode, guidance, latent, sana, schedule, sprint, text, video, wan
+from . import (
+    controlnet, decode, guidance, latent, lora, memory, native, sana, schedule, speed, sprint, text, vace, video, wan,
+)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (sana, sprint, wan, guidance, schedule, text, latent, decode, video):
+for _module in (sana, sprint, wan, guidance, schedule, text, latent, decode, video, controlnet, speed, lora, memory,
+                vace, native):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -6,11 +6,14 @@ import contextlib
 
 import torch
 
+from ..loaders.cast_layers import execution_device
+from ..controlnet.sana import ControlRun, control_run
 from .conditioning import conditioning_tensors, expand_latent_to_prompts, pad_to_length, repeat_to_batch
 from .guidance import Guidance, pipeline_cfg
 from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
 from .perturbed import PAG, check_family
+from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
 
 # DC-AE f32c32's scaling factor (every Sana release uses it): LATENT holds raw VAE latents (ComfyUI's
 # convention), the transformer works on raw * scale.
@@ -39,16 +42,19 @@ def _guided_batch(cond, cond_mask, uncond, uncond_mask) -> tuple[torch.Tensor, t
     return torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
 
 
-def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None):
+def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None,
+                  control: ControlRun | None = None, speed: SpeedRun = NO_SPEED):
     """`predict(x, t, step, total)`: the transformer's flow velocity under `guidance` (None: CFG with `cfg`).
 
     A guided step runs uncond and cond as one batch, as SanaPipeline does; an unguided step runs cond alone. PAG
-    appends the perturbed cond to the same batch, as SanaPAGPipeline does.
+    appends the perturbed cond to the same batch, as SanaPAGPipeline does. `control` (the run's ControlNets) adds
+    its block samples to the same forward, as SanaControlNetPipeline does. `speed` gives each forward its cache
+    context, named after the batch's rows.
     """
     guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
     check_family(guidance, "sana", len(transformer.transformer_blocks))
     pag = guidance if isinstance(guidance, PAG) else None
-    device, dtype = transformer.device, transformer.dtype
+    device, dtype = execution_device(transformer), transformer.dtype
     width = transformer.config.caption_channels
     cond, cond_mask = _prompt_batch(positive, "positive", batch, width)
     pair = None  # the guided steps' [uncond, cond] embeddings and mask
@@ -65,10 +71,15 @@ def sana_velocity(transformer, positive, negative, cfg: float, batch: int, guida
             embeds, mask = torch.cat([embeds, embeds[-batch:]]), torch.cat([mask, mask[-batch:]])
         x_in = torch.cat([x] * (embeds.shape[0] // batch))
         timestep = t.expand(x_in.shape[0]) * transformer.config.timestep_scale
-        with pag.perturbed(transformer) if perturbed else contextlib.nullcontext():
+        blocks = control.block_samples(x_in, embeds, mask, timestep, step, guided) if control is not None else None
+        if blocks is not None:
+            blocks = tuple(b.to(device, dtype) for b in blocks)
+        rows = "cond_uncond" if guided else "cond"
+        with pag.perturbed(transformer) if perturbed else contextlib.nullcontext(), \
+                speed.context(rows + "_perturbed" if perturbed else rows):
             out = transformer(
                 x_in.to(dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep,
-                return_dict=False,
+                controlnet_block_samples=blocks, return_dict=False,
             )[0].float()
         if pag is not None:
             return pag.combine(out, t, perturbed)
@@ -100,23 +111,29 @@ def sample_sana(
     callback: StepCallback | None = None,
     guidance: Guidance | None = None,
     sigmas: torch.Tensor | None = None,
+    speed: SpeedOptions | None = None,
 ) -> torch.Tensor:
     """Sample one LATENT batch; returns raw DC-AE latents on the transformer's device (float32).
 
     `guidance` (a method from samplers.guidance) replaces the plain CFG of `cfg`; `sigmas` (as given, ComfyUI's
-    SIGMAS) replace steps, shift and denoise.
+    SIGMAS) replace steps, shift and denoise; `speed` (samplers.speed) applies for this run only.
     """
     if getattr(transformer.config, "guidance_embeds", False):
         raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance embedding, "
                          "not with flow solvers.")
     samples = expand_latent_to_prompts(latent["samples"], positive)
     check_sana_latent(samples, transformer.config.in_channels)
-    device = transformer.device
+    device = execution_device(transformer)
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler, schedule = plan_run(solver, shift, steps, denoise, device, sigmas=sigmas)
     x = start_latent(schedule, noise, samples.to(device, torch.float32) * SANA_LATENT_SCALE)
-    predict = sana_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance)
-    x = sample_flow(predict, scheduler, schedule, x, callback)
+    control = control_run(transformer, positive, negative, samples.shape, schedule, shift)
+    if control is not None and speed is not None and speed.cache != "none":
+        raise ValueError("Step caching does not combine with a Sana ControlNet: the cached residual already holds "
+                         "the ControlNet's additions. Set the cache to none in Sana Speed Options.")
+    with speed_run(transformer, speed, "sana", len(schedule.timesteps)) as run:
+        predict = sana_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance, control, run)
+        x = sample_flow(run.track(predict, schedule), scheduler, schedule, x, callback)
     return x / SANA_LATENT_SCALE
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from ..controlnet.wan_vace import vace_model_inputs
+from ..loaders.cast_layers import execution_device
 from ..vae.wan import to_model_space, to_raw
 from .conditioning import conditioning_tensors, expand_latent_to_prompts, repeat_to_batch
 from .guidance import Guidance, pipeline_cfg
 from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
 from .perturbed import SkipLayerGuidance, check_family
+from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
 
 
 def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
@@ -23,41 +26,46 @@ def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
 
 
 def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None,
-                 batched: bool = False):
+                 batched: bool = False, speed: SpeedRun = NO_SPEED):
     """`predict(x, t, step, total)`: the flow velocity under `guidance` (None: CFG with `cfg`), as WanPipeline
     computes it.
 
     The reference runs cond and uncond as two forwards (no padding mask: prompts are zero-padded to 512 tokens,
     as the model was trained), which also halves the peak activation memory of a video step; an unguided step runs
     the cond forward alone. Skip-layer guidance adds a third forward, of cond with blocks skipped. `batched` runs
-    cond and uncond as one batch instead (faster where memory allows; equal up to float rounding).
+    cond and uncond as one batch instead (faster where memory allows; equal up to float rounding). `speed` gives
+    each forward its cache context: "cond" and "uncond" as WanPipeline names them, "cond_uncond" for a batch.
     """
     guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
     check_family(guidance, "wan", len(transformer.blocks))
-    device, dtype = transformer.device, transformer.dtype
+    device, dtype = execution_device(transformer), transformer.dtype
     width = transformer.config.text_dim
     cond = _embeds(positive, "positive", batch, width).to(device, dtype)
     uncond = _embeds(negative, "negative", batch, width).to(device, dtype) if guidance.uses_uncond else None
+    vace = vace_model_inputs(transformer, positive, device, dtype)  # a VACE model's control latents, else nothing
 
-    def forward(x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+    def forward(x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor, rows: str) -> torch.Tensor:
+        with speed.context(rows):
+            return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False,
+                               **vace(x))[0]
 
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
         x_in, timestep = x.to(dtype), t.expand(x.shape[0])
         if isinstance(guidance, SkipLayerGuidance):
-            out = forward(x_in, timestep, cond)  # cond, uncond, cond with blocks skipped: the guider's order
-            out_uncond = forward(x_in, timestep, uncond) if guidance.uses_uncond else None
+            out = forward(x_in, timestep, cond, "cond")  # cond, uncond, cond with blocks skipped: the guider's order
+            out_uncond = forward(x_in, timestep, uncond, "uncond") if guidance.uses_uncond else None
             skipped = None
             if guidance.perturbs(step, total):
                 with guidance.perturbed(transformer):
-                    skipped = forward(x_in, timestep, cond)
+                    skipped = forward(x_in, timestep, cond, "cond_skip")
             return guidance.combine(out, out_uncond, skipped).float()
         if not guidance.needs_uncond(step, total):
-            out, out_uncond = forward(x_in, timestep, cond), None
+            out, out_uncond = forward(x_in, timestep, cond, "cond"), None
         elif batched:
-            out, out_uncond = forward(torch.cat([x_in, x_in]), timestep.repeat(2), torch.cat([cond, uncond])).chunk(2)
+            out, out_uncond = forward(torch.cat([x_in, x_in]), timestep.repeat(2), torch.cat([cond, uncond]),
+                                      "cond_uncond").chunk(2)
         else:
-            out, out_uncond = forward(x_in, timestep, cond), forward(x_in, timestep, uncond)
+            out, out_uncond = forward(x_in, timestep, cond, "cond"), forward(x_in, timestep, uncond, "uncond")
         # In the model's dtype, as WanPipeline guides.
         return guidance.combine(out, out_uncond, step, total).float()
 
@@ -88,20 +96,23 @@ def sample_wan(
     guidance: Guidance | None = None,
     sigmas: torch.Tensor | None = None,
     batched: bool = False,
+    speed: SpeedOptions | None = None,
 ) -> torch.Tensor:
     """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32).
 
     `guidance` (a method from samplers.guidance) replaces the plain CFG of `cfg`; `sigmas` (as given, ComfyUI's
-    SIGMAS) replace steps, shift, schedule and denoise; `batched` runs cond and uncond in one forward.
+    SIGMAS) replace steps, shift, schedule and denoise; `batched` runs cond and uncond in one forward; `speed`
+    (samplers.speed) applies for this run only.
     """
     samples = expand_latent_to_prompts(latent["samples"], positive)
     check_wan_latent(samples, transformer.config.in_channels)
-    device = transformer.device
+    device = execution_device(transformer)
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)
     x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
-    predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance, batched)
-    return to_raw(sample_flow(predict, scheduler, plan, x, callback))
+    with speed_run(transformer, speed, "wan", len(plan.timesteps)) as run:
+        predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance, batched, run)
+        return to_raw(sample_flow(run.track(predict, plan), scheduler, plan, x, callback))
 
 
 def wan_memory_estimate(transformer, latent_shape) -> int:
