@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_bridge as bridge
-from ..loaders.storage import STORAGE_DTYPES
+from ..loaders.storage import STORAGE_DTYPES, storage_dtype
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_INPUT = (list(DTYPES), {"default": "auto", "tooltip": "Weight and compute dtype; auto = what ComfyUI picks "
@@ -42,6 +42,21 @@ def resolve_dtype(choice: str, role: str, supported: list[torch.dtype]) -> torch
         return DTYPES[choice]
     load_device, _ = bridge.devices(role)
     return bridge.compute_dtype(role, load_device, supported)
+
+
+def loader_inputs(folders: tuple[str, ...], where: str) -> dict:
+    """INPUT_TYPES of a weights loader: a file from `folders`, its dtype and (optional, last) weight storage."""
+    return {"required": {
+        "model_name": (model_choices(*folders), {"tooltip": f"From {where}."}),
+        "dtype": DTYPE_INPUT,
+    }, "optional": {"weight_storage": STORAGE_INPUT}}
+
+
+def resolve_load(folders: tuple[str, ...], model_name: str, dtype: str, weight_storage: str, role: str,
+                 supported: list[torch.dtype]) -> tuple[str, torch.dtype, torch.dtype | None]:
+    """(path, compute dtype, storage dtype) a weights loader's inputs stand for; ValueError for a bad one."""
+    storage = storage_dtype(weight_storage)
+    return resolve_model(folders, model_name), resolve_dtype(dtype, role, supported), storage
 
 
 # Sampler inputs both families share.

@@ -6,7 +6,6 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.sana_transformer import load_sana_transformer
-from ..loaders.storage import storage_dtype
 from ..samplers.guidance import pipeline_cfg
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
@@ -14,8 +13,7 @@ from ..samplers.sana import check_sana_latent, sample_sana, sana_memory_estimate
 from ..samplers.schedulers import SOLVERS
 from .controlnet import load_with_controlnets
 from .options import (
-    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, STORAGE_INPUT, cfg_input, guidance_input, model_choices,
-    resolve_dtype, resolve_model,
+    DENOISE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, loader_inputs, resolve_load,
 )
 
 FOLDERS = ("diffusion_models",)
@@ -32,15 +30,11 @@ class SanaTransformerLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
-            "dtype": DTYPE_INPUT,
-        }, "optional": {"weight_storage": STORAGE_INPUT}}
+        return loader_inputs(FOLDERS, "models/diffusion_models (or models/unet)")
 
     def load(self, model_name, dtype, weight_storage="default"):
-        storage = storage_dtype(weight_storage)
-        path = resolve_model(FOLDERS, model_name)
-        weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
+        path, weight_dtype, storage = resolve_load(FOLDERS, model_name, dtype, weight_storage, "diffusion",
+                                                  [torch.bfloat16, torch.float16, torch.float32])
         transformer, variant = load_sana_transformer(path, weight_dtype, storage)
         return (bridge.ModelHandle(transformer, "diffusion", family="sana", variant=variant),)
 

@@ -6,12 +6,11 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..loaders.gemma import load_gemma_text_encoder
-from ..loaders.storage import storage_dtype
 from ..loaders.umt5 import load_umt5_encoder
 from ..samplers.conditioning import make_conditioning
 from ..text.sana_prompt import encode_sana_prompt
 from ..text.wan_prompt import WAN_DEFAULT_NEGATIVE, encode_wan_prompt
-from .options import DTYPE_INPUT, STORAGE_INPUT, model_choices, resolve_dtype, resolve_model
+from .options import loader_inputs, resolve_load
 
 FOLDERS = ("text_encoders",)
 
@@ -25,15 +24,11 @@ class SanaTextEncoderLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
-            "dtype": DTYPE_INPUT,
-        }, "optional": {"weight_storage": STORAGE_INPUT}}
+        return loader_inputs(FOLDERS, "models/text_encoders (or models/clip)")
 
     def load(self, model_name, dtype, weight_storage="default"):
-        storage = storage_dtype(weight_storage)
-        path = resolve_model(FOLDERS, model_name)
-        weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float16, torch.float32])
+        path, weight_dtype, storage = resolve_load(FOLDERS, model_name, dtype, weight_storage, "text_encoder",
+                                                  [torch.bfloat16, torch.float16, torch.float32])
         encoder, tokenizer = load_gemma_text_encoder(path, weight_dtype, storage)
         return (bridge.ModelHandle(encoder, "text_encoder", family="sana", tokenizer=tokenizer),)
 
@@ -76,15 +71,11 @@ class WanTextEncoderLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/text_encoders (or models/clip)."}),
-            "dtype": DTYPE_INPUT,
-        }, "optional": {"weight_storage": STORAGE_INPUT}}
+        return loader_inputs(FOLDERS, "models/text_encoders (or models/clip)")
 
     def load(self, model_name, dtype, weight_storage="default"):
-        storage = storage_dtype(weight_storage)
-        path = resolve_model(FOLDERS, model_name)
-        weight_dtype = resolve_dtype(dtype, "text_encoder", [torch.bfloat16, torch.float32])
+        path, weight_dtype, storage = resolve_load(FOLDERS, model_name, dtype, weight_storage, "text_encoder",
+                                                  [torch.bfloat16, torch.float32])
         encoder, tokenizer = load_umt5_encoder(path, weight_dtype, storage)
         return (bridge.ModelHandle(encoder, "text_encoder", family="wan", tokenizer=tokenizer),)
 

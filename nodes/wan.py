@@ -5,15 +5,13 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_bridge as bridge
-from ..loaders.storage import storage_dtype
 from ..loaders.wan_transformer import load_wan_transformer
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.schedulers import SCHEDULES, SOLVERS
 from ..samplers.wan import check_wan_latent, sample_wan, wan_memory_estimate
 from .options import (
-    DENOISE_INPUT, DTYPE_INPUT, SEED_INPUT, SIGMAS_INPUT, STORAGE_INPUT, cfg_input, guidance_input, model_choices,
-    resolve_dtype, resolve_model,
+    DENOISE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, loader_inputs, resolve_load,
 )
 
 FOLDERS = ("diffusion_models",)
@@ -29,15 +27,11 @@ class WanTransformerLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (model_choices(*FOLDERS), {"tooltip": "From models/diffusion_models (or models/unet)."}),
-            "dtype": DTYPE_INPUT,
-        }, "optional": {"weight_storage": STORAGE_INPUT}}
+        return loader_inputs(FOLDERS, "models/diffusion_models (or models/unet)")
 
     def load(self, model_name, dtype, weight_storage="default"):
-        storage = storage_dtype(weight_storage)
-        path = resolve_model(FOLDERS, model_name)
-        weight_dtype = resolve_dtype(dtype, "diffusion", [torch.bfloat16, torch.float16, torch.float32])
+        path, weight_dtype, storage = resolve_load(FOLDERS, model_name, dtype, weight_storage, "diffusion",
+                                                  [torch.bfloat16, torch.float16, torch.float32])
         transformer, variant = load_wan_transformer(path, weight_dtype, storage)
         return (bridge.ModelHandle(transformer, "diffusion", family="wan", variant=variant),)
 
