@@ -17,21 +17,29 @@ def _scale(default: float) -> tuple:
                       "tooltip": "Guidance scale: uncond + scale x (cond - uncond); 1.0 is the prompt alone."})
 
 
-RANGE_INPUTS = {
-    "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-        "Fraction of the steps after which guidance starts; steps before it use the prompt alone (faster).")}),
-    "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-        "Fraction of the steps after which guidance stops; must be above start_percent.")}),
-}
+def _range(start: float, end: float, what: str, before: str = "") -> dict:
+    return {
+        "start_percent": ("FLOAT", {"default": start, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            f"Fraction of the steps after which {what} starts{before}.")}),
+        "end_percent": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+            f"Fraction of the steps after which {what} stops; must be above start_percent.")}),
+    }
 
 
-class GuidanceCFG:
-    DESCRIPTION = ("Classifier-free guidance, with the optional rescale of Lin et al. 2023 against over-exposure at "
-                   "high scales.")
+RANGE_INPUTS = _range(0.0, 1.0, "guidance", "; steps before it use the prompt alone (faster)")
+
+
+class _GuidanceNode:
+    """What every guidance node declares: a GUIDANCE output built by `build`."""
     CATEGORY = CATEGORY
     FUNCTION = "build"
     RETURN_TYPES = ("GUIDANCE",)
     OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
+
+
+class GuidanceCFG(_GuidanceNode):
+    DESCRIPTION = ("Classifier-free guidance, with the optional rescale of Lin et al. 2023 against over-exposure at "
+                   "high scales.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -47,13 +55,9 @@ class GuidanceCFG:
         return (CFG(scale, rescale, start_percent, end_percent),)
 
 
-class GuidanceCFGZeroStar:
+class GuidanceCFGZeroStar(_GuidanceNode):
     DESCRIPTION = ("CFG-Zero* (Fan et al. 2025): CFG with an optimised scale of the negative prediction, and a zero "
                    "velocity for the first steps.")
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = ("GUIDANCE",)
-    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -68,13 +72,9 @@ class GuidanceCFGZeroStar:
         return (CFGZeroStar(scale, zero_init_steps, start_percent, end_percent),)
 
 
-class GuidanceAPG:
+class GuidanceAPG(_GuidanceNode):
     DESCRIPTION = ("Adaptive projected guidance (Sadat et al. 2024): allows high scales without over-saturation by "
                    "damping the part of the guidance parallel to the prediction. Defaults as diffusers'.")
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = ("GUIDANCE",)
-    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -93,27 +93,15 @@ class GuidanceAPG:
         return (APG(scale, eta, norm_threshold, momentum, start_percent, end_percent),)
 
 
-def _range(start: float, end: float, what: str) -> dict:
-    return {
-        "start_percent": ("FLOAT", {"default": start, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-            f"Fraction of the steps after which {what} starts.")}),
-        "end_percent": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-            f"Fraction of the steps after which {what} stops; must be above start_percent.")}),
-    }
-
-
 def _cfg(default: float) -> tuple:
     return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                       "tooltip": "Classifier-free guidance scale, on every step; 1.0 runs no negative prompt."})
 
 
-class GuidancePAG:
+class GuidancePAG(_GuidanceNode):
     DESCRIPTION = ("Perturbed-attention guidance (Ahn et al. 2024) for Sana: CFG plus guidance away from a forward "
                    "whose self-attention in the chosen blocks is replaced by the identity. As diffusers' "
                    "SanaPAGPipeline.")
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = ("GUIDANCE",)
     OUTPUT_TOOLTIPS = ("Connect to the guidance input of a Sana sampler; it replaces the sampler's cfg.",)
 
     @classmethod
@@ -135,12 +123,9 @@ class GuidancePAG:
         return (PAG(scale, parse_layers(layers), cfg, adaptive_scale, start_percent, end_percent),)
 
 
-class GuidanceSkipLayer:
+class GuidanceSkipLayer(_GuidanceNode):
     DESCRIPTION = ("Skip-layer guidance for Wan: CFG plus guidance away from a forward with the chosen blocks "
                    "skipped, on part of the run. As diffusers' SkipLayerGuidance guider.")
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = ("GUIDANCE",)
     OUTPUT_TOOLTIPS = ("Connect to the guidance input of a Wan sampler; it replaces the sampler's cfg.",)
 
     @classmethod
