@@ -116,6 +116,31 @@ def _require_comfyui() -> tuple[str, str]:
     return comfy_path, comfy_python
 
 
+def use_tiny_wan_files(graph: dict) -> dict:
+    """An API graph's Wan loaders pointed at the tiny Wan files the server's model folder holds."""
+    from tiny_models import WAN_FILES
+
+    names = {"WanTransformerLoader": ("model_name", "transformer"), "WanTextEncoderLoader": ("model_name", "text_encoder"),
+             "WanVAELoader": ("vae_name", "vae")}
+    for node in graph.values():
+        if node["class_type"] in names:
+            name, role = names[node["class_type"]]
+            node["inputs"][name] = WAN_FILES[role]
+    return graph
+
+
+def run_comfy_job(script: str, job: dict, folder) -> None:
+    """Run one of the `*_in_comfyui.py` scripts in ComfyUI's Python with `job` (plus where ComfyUI and the pack are;
+    see comfy_job.py), written to `folder`/job.json; fails the test with the script's output when it fails."""
+    comfy_path, comfy_python = _require_comfyui()
+    path = os.path.join(str(folder), "job.json")
+    with open(path, "w") as f:
+        json.dump({"comfyui": comfy_path, "pack": ROOT, **job}, f)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    done = subprocess.run([comfy_python, script, path], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory):
     _require_comfyui()  # before writing models nobody would use

@@ -6,7 +6,7 @@ import json
 import os
 
 import av
-from conftest import INPUT_SIZE
+from conftest import INPUT_SIZE, use_tiny_wan_files
 from PIL import Image
 from sample_media import INPUT_IMAGE, INPUT_VIDEO
 from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES
@@ -26,9 +26,7 @@ def _output(server, item) -> bytes:
 
 def _wan_graph(length: int) -> dict:
     graph = _workflow("wan_video_to_video.json")
-    graph["1"]["inputs"]["model_name"] = WAN_FILES["transformer"]
-    graph["2"]["inputs"]["model_name"] = WAN_FILES["text_encoder"]
-    graph["3"]["inputs"]["vae_name"] = WAN_FILES["vae"]
+    use_tiny_wan_files(graph)
     graph["5"]["inputs"]["file"] = INPUT_VIDEO
     graph["7"]["inputs"]["length"] = length
     graph["8"]["inputs"].update(width=WIDTH, height=HEIGHT)

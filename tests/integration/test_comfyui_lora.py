@@ -5,10 +5,9 @@ samples what native LoraLoaderModelOnly + KSampler sample with the same files.""
 import copy
 import json
 import os
-import subprocess
 
 import torch
-from conftest import _require_comfyui
+from conftest import _require_comfyui, run_comfy_job, use_tiny_wan_files
 from diffusers.loaders import WanLoraLoaderMixin
 from safetensors.torch import load_file, save_file
 from test_comfyui_wan import FRAMES, HEIGHT, PROMPT, WIDTH, _latent, _video_info
@@ -18,7 +17,6 @@ import tiny_lora
 from tiny_wan import tiny_wan_transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lora_in_comfyui.py")
 TOLERANCE = 1e-5
 
 
@@ -76,7 +74,7 @@ def _loha_and_lokr(generator):
 
 
 def test_comfyui_patches_equal_diffusers_loha_lokr_and_restore_the_base(tmp_path):
-    comfy_path, comfy_python = _require_comfyui()
+    _require_comfyui()  # before writing models nobody would use
     model = tiny_wan_transformer(seed=3, text_dim=32)
     model.save_pretrained(str(tmp_path / "wan"))
     first, second, third = (tiny_lora.make_lora(model, rank=r, seed=s) for r, s in ((4, 1), (2, 2), (4, 3)))
@@ -92,12 +90,9 @@ def test_comfyui_patches_equal_diffusers_loha_lokr_and_restore_the_base(tmp_path
     runs = [("peft", [["peft.safetensors", 0.7]]), ("base", []),
             ("chain", [["musubi.safetensors", -0.5], ["comfy.safetensors", 0.9]]),
             ("loha", [["loha.safetensors", 0.8]]), ("lokr", [["lokr.safetensors", 1.2]]), ("base_again", [])]
-    job = {"comfyui": comfy_path, "pack": ROOT, "model": str(tmp_path / "wan"), "loras": str(loras),
+    job = {"model": str(tmp_path / "wan"), "loras": str(loras),
            "inputs": str(tmp_path / "inputs.safetensors"), "runs": runs, "output": str(tmp_path / "out.safetensors")}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    done = subprocess.run([comfy_python, SCRIPT, str(tmp_path / "job.json")], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_comfy_job("lora_in_comfyui.py", job, tmp_path)
     out = load_file(str(tmp_path / "out.safetensors"))
 
     def reference(name):
@@ -117,27 +112,13 @@ def test_comfyui_patches_equal_diffusers_loha_lokr_and_restore_the_base(tmp_path
     assert torch.equal(out["base"], out["base_again"]), "ComfyUI restores the weights the LoRA clones patched"
 
 
-def _tiny_names(graph: dict) -> dict:
-    for node in graph.values():
-        if node["class_type"] == "WanLoraLoader":
-            continue
-        inputs = node["inputs"]
-        if node["class_type"] == "WanTransformerLoader":
-            inputs["model_name"] = WAN_FILES["transformer"]
-        elif node["class_type"] == "WanTextEncoderLoader":
-            inputs["model_name"] = WAN_FILES["text_encoder"]
-        elif node["class_type"] == "WanVAELoader":
-            inputs["vae_name"] = WAN_FILES["vae"]
-    return graph
-
-
 def test_example_lora_workflow_runs(comfy_server):
     graph = json.load(open(os.path.join(ROOT, "workflows", "api", "wan_lora_text_to_video.json")))
     loras = [node for node in graph.values() if node["class_type"] == "WanLoraLoader"]
     assert len(loras) == 2 and loras[1]["inputs"]["model"][0] != loras[0]["inputs"]["model"][0], "a chain of two"
     for node, name in zip(loras, tiny_lora.WAN_LORA_FILES):
         node["inputs"]["lora_name"] = name
-    _tiny_names(graph)
+    use_tiny_wan_files(graph)
     graph["5"]["inputs"].update(width=WIDTH, height=HEIGHT, length=FRAMES)
     graph["6"]["inputs"].update(seed=5, steps=2)
     entry = comfy_server.run_prompt(graph)

@@ -4,10 +4,9 @@ ModelSamplingSD3 shift and a LoRA applied before the adapter all carry over."""
 
 import json
 import os
-import subprocess
 
 import torch
-from conftest import _require_comfyui
+from conftest import _require_comfyui, run_comfy_job, use_tiny_wan_files
 from safetensors.torch import load_file, save_file
 from tiny_lora import WAN_LORA_FILES
 from tiny_models import SANA_FILES, WAN_FILES
@@ -15,7 +14,6 @@ from tiny_sana import tiny_sana_transformer
 from tiny_wan import tiny_wan_transformer, write_wan_layouts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native_model_in_comfyui.py")
 WIDTH, HEIGHT, FRAMES = 48, 32, 9
 SEED, STEPS, CFG = 21, 4, 6.0
 
@@ -135,15 +133,9 @@ def test_adapter_refuses_a_sprint_model_with_a_clear_error(comfy_server):
 
 def test_workflow_twin_runs(comfy_server):
     graph = json.load(open(os.path.join(ROOT, "workflows", "api", "wan_native_ksampler.json")))
-    for node in graph.values():
+    for node in use_tiny_wan_files(graph).values():
         inputs = node["inputs"]
-        if node["class_type"] == "WanTransformerLoader":
-            inputs["model_name"] = WAN_FILES["transformer"]
-        elif node["class_type"] == "WanTextEncoderLoader":
-            inputs["model_name"] = WAN_FILES["text_encoder"]
-        elif node["class_type"] == "WanVAELoader":
-            inputs["vae_name"] = WAN_FILES["vae"]
-        elif node["class_type"] == "EmptyWanLatentVideo":
+        if node["class_type"] == "EmptyWanLatentVideo":
             inputs.update(width=WIDTH, height=HEIGHT, length=FRAMES)
         elif node["class_type"] == "KSampler":
             inputs["steps"] = 2
@@ -155,15 +147,12 @@ def test_apply_model_full_and_partial_loads_and_shared_weights(tmp_path):
     """In ComfyUI's Python: apply_model on the adapter is x - sigma * the diffusers module's velocity (Sana with a
     padded prompt's mask), also when ComfyUI's ModelPatcher loads it partially (layers left offloaded, cast on
     call); the adapter and the handle never stay loaded together on their shared weights."""
-    comfy_path, comfy_python = _require_comfyui()
+    _require_comfyui()  # before writing models nobody would use
     wan = write_wan_layouts(tiny_wan_transformer(seed=5), str(tmp_path / "wan"))["diffusers_single"]
     sana = str(tmp_path / "sana.safetensors")
     save_file(tiny_sana_transformer("qk_norm", seed=6).state_dict(), sana)
-    job = {"comfyui": comfy_path, "pack": ROOT, "models": {"wan": wan, "sana": sana}, "output": str(tmp_path / "out")}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    done = subprocess.run([comfy_python, SCRIPT, str(tmp_path / "job.json")], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    job = {"models": {"wan": wan, "sana": sana}, "output": str(tmp_path / "out")}
+    run_comfy_job("native_model_in_comfyui.py", job, tmp_path)
     out = load_file(str(tmp_path / "out.safetensors"))
     results = json.load(open(tmp_path / "out.json"))
     for name, result in results.items():

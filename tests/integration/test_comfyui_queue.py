@@ -3,7 +3,8 @@
 import json
 import os
 
-from tiny_models import SANA_FILES, WAN_FILES
+from conftest import use_tiny_wan_files
+from tiny_models import SANA_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,9 +21,7 @@ def _sana_graph(seed: int, steps: int = 4) -> dict:
 
 def _wan_graph(seed: int, steps: int) -> dict:
     graph = json.load(open(os.path.join(ROOT, "workflows", "api", "wan_text_to_video.json")))
-    graph["1"]["inputs"]["model_name"] = WAN_FILES["transformer"]
-    graph["2"]["inputs"]["model_name"] = WAN_FILES["text_encoder"]
-    graph["3"]["inputs"]["vae_name"] = WAN_FILES["vae"]
+    use_tiny_wan_files(graph)
     graph["5"]["inputs"].update(width=32, height=32, length=5)
     graph["6"]["inputs"].update(seed=seed, steps=steps)
     for node in ("9", "10"):

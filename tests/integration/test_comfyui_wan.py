@@ -7,7 +7,7 @@ import os
 
 import av
 import torch
-from conftest import REAL_SIZE_WAN_VAE
+from conftest import REAL_SIZE_WAN_VAE, use_tiny_wan_files
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_models import WAN_FILES
@@ -19,9 +19,7 @@ PROMPT = "a fox runs through the snow"
 
 def _example_graph(seed: int) -> dict:
     graph = json.load(open(os.path.join(ROOT, "workflows", "api", "wan_text_to_video.json")))
-    graph["1"]["inputs"]["model_name"] = WAN_FILES["transformer"]
-    graph["2"]["inputs"]["model_name"] = WAN_FILES["text_encoder"]
-    graph["3"]["inputs"]["vae_name"] = WAN_FILES["vae"]
+    use_tiny_wan_files(graph)
     graph["4"]["inputs"].update(prompt=f"{PROMPT}\na cat sleeps on a sofa", batch_prompts=True)
     graph["5"]["inputs"].update(width=WIDTH, height=HEIGHT, length=FRAMES)
     graph["6"]["inputs"].update(seed=seed, steps=3)
