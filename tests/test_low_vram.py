@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 import sana_wan
 from sana_wan import comfy_bridge as bridge
 from sana_wan.loaders.cast_layers import (
-    CastOnCall, direct_bytes, execution_device, place_within, set_execution_device,
+    CastOnCall, direct_bytes, execution_device, place_within, set_execution_device, to_storage,
 )
 from sana_wan.loaders.gemma import load_gemma_text_encoder
 from sana_wan.loaders.storage import stored_bytes, stored_layers
@@ -368,3 +368,10 @@ def test_memory_nodes_return_clones_and_change_nothing_by_default(umt5_files):
     assert "device must be" in NODES["SanaTextEncoderMemoryOptions"].VALIDATE_INPUTS("gpu", 0.0)
     with pytest.raises(ValueError, match="positive number"):
         node().apply(model, math.inf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_weights_beyond_the_fp8_range_are_clamped_not_turned_into_inf_or_nan(dtype):
+    limit = torch.finfo(dtype).max
+    stored = to_storage(torch.tensor([3.0 * limit, -3.0 * limit, 1.0]), dtype).to(torch.float32)
+    assert stored.tolist() == [limit, -limit, 1.0]
