@@ -7,6 +7,7 @@ weights gives the same clear `ValueError` whichever node read it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import struct
@@ -27,45 +28,107 @@ _WRAPPER_KEYS = ("state_dict", "model", "module", "ema")
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz, "C64": torch.complex64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
 }
 
 
 def read_safetensors_header(path: str) -> dict:
     """The header of a safetensors file (key -> {dtype, shape, data_offsets}, plus `__metadata__`), validated.
 
-    Checks what `safe_open` would only find later or never: a header that runs past the end of the file and tensor
-    data that the file is too short to hold (a download cut off half-way).
+    Any malformed file is a ValueError naming the file and what is wrong: a header that runs past the end of the
+    file or is no JSON object, tensors without a dtype, shape or data offsets, data of the wrong size for the shape,
+    overlapping or gapped ranges, and tensor data that the file is too short to hold (a download cut off half-way).
+    These are the rules safetensors itself loads by, checked before it runs.
     """
+    name = os.path.basename(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"'{os.path.basename(path)}' is not a safetensors file (only {size} bytes).")
+            raise ValueError(f"'{name}' is not a safetensors file (only {size} bytes).")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8 or header_len > 100_000_000:
             raise ValueError(
-                f"'{os.path.basename(path)}' is not a valid safetensors file (its header claims {header_len} bytes, "
+                f"'{name}' is not a valid safetensors file (its header claims {header_len} bytes, "
                 f"the file has {size}); it is truncated or not a safetensors file: download it again."
             )
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"'{os.path.basename(path)}' has a corrupt safetensors header ({e}).") from e
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"'{name}' has a corrupt safetensors header ({type(e).__name__}: {e}).") from e
+    problem = _header_problem(header)
+    if problem:
+        raise ValueError(f"'{name}' has a malformed safetensors header: {problem}. It is damaged or was not written by "
+                         "a safetensors writer: download it again.")
     data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + header_len + data_end > size:
         raise ValueError(
-            f"'{os.path.basename(path)}' is truncated: its tensors need {8 + header_len + data_end} bytes but the "
+            f"'{name}' is truncated: its tensors need {8 + header_len + data_end} bytes but the "
             f"file has {size}. Download it again."
         )
+    if 8 + header_len + data_end < size:
+        raise ValueError(f"'{name}' has {size - 8 - header_len - data_end} bytes after its last tensor; it is not a "
+                         "whole safetensors file: download it again.")
     return header
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_problem(key: str, info) -> str | None:
+    """What is wrong with one tensor's entry: dtype, shape and data_offsets that agree with each other."""
+    if not isinstance(info, dict):
+        return f"tensor '{key}' is described by a JSON {type(info).__name__}, not an object"
+    missing = [field for field in ("dtype", "shape", "data_offsets") if field not in info]
+    if missing:
+        return f"tensor '{key}' has no {' / '.join(missing)}"
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        return f"tensor '{key}' has the unknown dtype {dtype!r} (known: {', '.join(_DTYPES)})"
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return f"tensor '{key}' has the shape {shape!r}, not a list of sizes"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets) \
+            or offsets[0] > offsets[1]:
+        return f"tensor '{key}' has the data_offsets {offsets!r}, not [begin, end] with 0 <= begin <= end"
+    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        return (f"tensor '{key}' is {dtype} {shape} ({nbytes} bytes) but its data_offsets {offsets} hold "
+                f"{offsets[1] - offsets[0]} bytes")
+    return None
+
+
+def _header_problem(header) -> str | None:
+    """What is wrong with a parsed header (None when nothing is): its shape, each tensor, and the tensors' ranges,
+    which must follow each other from the start of the data without gaps or overlaps."""
+    if not isinstance(header, dict):
+        return f"it is a JSON {type(header).__name__}, not an object of tensors"
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        return "__metadata__ is not an object of strings"
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, info in tensors.items():
+        problem = _tensor_problem(key, info)
+        if problem:
+            return problem
+    end, previous = 0, None
+    for key, info in sorted(tensors.items(), key=lambda item: item[1]["data_offsets"]):
+        begin = info["data_offsets"][0]
+        if begin < end:
+            return f"the data of tensors '{previous}' and '{key}' overlap"
+        if begin > end:
+            return f"there are {begin - end} unused bytes before tensor '{key}'"
+        end, previous = info["data_offsets"][1], key
+    return None
 
 
 def safetensors_shapes(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """key -> (shape, dtype) of a safetensors file, from its header alone."""
     header = read_safetensors_header(path)
-    return {k: (tuple(v["shape"]), _DTYPES.get(v["dtype"], torch.float32)) for k, v in header.items() if k != "__metadata__"}
+    return {k: (tuple(v["shape"]), _DTYPES[v["dtype"]]) for k, v in header.items() if k != "__metadata__"}
 
 
 def tensor_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

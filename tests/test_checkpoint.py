@@ -1,13 +1,19 @@
 """Safe checkpoint reading: truncated files, pickles needing code, prefixes, folders."""
 
+import json
 import os
 import pickle
+import random
+import re
+import struct
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sana_wan.loaders.checkpoint import load_state_dict, read_safetensors_header, strip_prefix, load_folder_state_dict
+from sana_wan.loaders.checkpoint import (
+    load_folder_state_dict, load_state_dict, read_safetensors_header, safetensors_shapes, strip_prefix,
+)
 from sana_wan.loaders.detect import detect_family
 
 
@@ -87,3 +93,91 @@ def test_detect_family_on_real_layouts(manifests_dir, manifest, family):
     import json
     keys = json.load(open(os.path.join(manifests_dir, manifest)))["tensors"]
     assert detect_family(keys) == family
+
+
+def _raw_safetensors(path, header, data: bytes = b"") -> str:
+    """A file with this header (any JSON value, or raw bytes) before `data`, laid out as a safetensors writer does."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + data)
+    return str(path)
+
+
+def _tensor(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+MALFORMED_HEADERS = [
+    ([1, 2], b"", "JSON list, not an object"),
+    ("text", b"", "JSON str, not an object"),
+    ({"w": [1, 2]}, bytes(8), "tensor 'w' is described by a JSON list"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8), "tensor 'w' has no data_offsets"),
+    ({"w": {"data_offsets": [0, 8]}}, bytes(8), "tensor 'w' has no dtype / shape"),
+    ({"w": _tensor(dtype="F33")}, bytes(8), "unknown dtype 'F33'"),
+    ({"w": _tensor(dtype=5)}, bytes(8), "unknown dtype 5"),
+    ({"w": _tensor(shape=(2, -1))}, bytes(8), r"shape \[2, -1\]"),
+    ({"w": _tensor(shape=(2.0,))}, bytes(8), r"shape \[2.0\]"),
+    ({"w": {**_tensor(), "shape": 2}}, bytes(8), "shape 2, not a list"),
+    ({"w": _tensor(offsets=(-8, 0))}, bytes(8), r"data_offsets \[-8, 0\]"),
+    ({"w": _tensor(offsets=(8, 0))}, bytes(8), r"data_offsets \[8, 0\]"),
+    ({"w": _tensor(offsets=(0, 8, 16))}, bytes(16), "data_offsets"),
+    ({"w": _tensor(offsets=(0, 2**70))}, bytes(8), r"\(8 bytes\) but its data_offsets"),
+    ({"w": _tensor(shape=(3,))}, bytes(8), r"F32 \[3\] \(12 bytes\) but its data_offsets \[0, 8\] hold 8 bytes"),
+    ({"w": _tensor(offsets=(8, 16))}, bytes(16), "8 unused bytes before tensor 'w'"),
+    ({"a": _tensor(offsets=(0, 8)), "b": _tensor(shape=(1,), offsets=(4, 8))}, bytes(8), "'a' and 'b' overlap"),
+    ({"w": _tensor(offsets=(0, 8))}, bytes(4), "truncated: its tensors need"),
+    ({"w": _tensor(offsets=(2**40, 2**40 + 8))}, bytes(8), "unused bytes"),
+    ({"w": _tensor(shape=(2**68,), offsets=(0, 2**70))}, bytes(8), "truncated: its tensors need"),
+    ({"w": _tensor()}, bytes(12), "4 bytes after its last tensor"),
+    ({"__metadata__": {"format": 1}}, b"", "__metadata__ is not an object of strings"),
+    ({"__metadata__": [1]}, b"", "__metadata__ is not an object of strings"),
+    (b"[" * 100_000 + b"]" * 100_000, b"", "RecursionError"),
+    (b'{"w": "\xff\xfe"}', b"", "UnicodeDecodeError"),
+    ('{"w": 1}'.encode("utf-16"), b"", "corrupt safetensors header"),
+    (b'{"w": ', b"", "JSONDecodeError"),
+]
+
+
+@pytest.mark.parametrize("header,data,message", MALFORMED_HEADERS, ids=[case[2] for case in MALFORMED_HEADERS])
+def test_malformed_safetensors_headers_are_clear_errors(tmp_path, header, data, message):
+    """Every malformed file is a ValueError naming the file and what is wrong, from the header reader, the shape
+    reader and the full loader alike (never an AttributeError / KeyError / RecursionError from the parser)."""
+    path = _raw_safetensors(tmp_path / "bad.safetensors", header, data)
+    for read in (read_safetensors_header, safetensors_shapes, load_state_dict):
+        with pytest.raises(ValueError, match="'bad.safetensors'") as error:
+            read(path)
+        assert re.search(message, str(error.value)), str(error.value)
+
+
+def test_the_header_checks_accept_what_safetensors_writes(tmp_path):
+    """Zero-size tensors, every dtype of the table, metadata and any key order pass, and load."""
+    tensors = {"empty": torch.zeros(0, 3), "f8": torch.ones(4).to(torch.float8_e4m3fn),
+               "u16": torch.ones(3, dtype=torch.uint16), "b": torch.tensor([True, False]),
+               "z": torch.randn(2, 5, dtype=torch.bfloat16)}
+    path = str(tmp_path / "good.safetensors")
+    save_file(tensors, path, metadata={"format": "pt"})
+    assert safetensors_shapes(path) == {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    assert all(torch.equal(load_state_dict(path)[k], v) for k, v in tensors.items())
+
+
+def test_random_corruption_of_a_header_is_a_clear_error_or_a_good_file(tmp_path):
+    """Random bytes of a real header changed (seeded): the readers either load the file or raise ValueError."""
+    path = str(tmp_path / "m.safetensors")
+    save_file({"a.weight": torch.randn(3, 4), "a.bias": torch.randn(4), "steps": torch.arange(3)}, path,
+              metadata={"format": "pt"})
+    good = open(path, "rb").read()
+    header_len = struct.unpack("<Q", good[:8])[0]
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(400):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(0, 8 + header_len)] = rng.randrange(256)
+        open(path, "wb").write(bytes(data))
+        for read in (read_safetensors_header, load_state_dict):
+            try:
+                read(path)
+                outcomes.add("loaded")
+            except ValueError:
+                outcomes.add("refused")
+    assert outcomes == {"loaded", "refused"}
