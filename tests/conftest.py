@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MANIFESTS = os.path.join(os.path.dirname(ROOT), "shared", "manifests")
+MANIFESTS = os.path.join(ROOT, "tests", "manifests")
 
 
 def _import_pack():
@@ -28,6 +28,5 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def manifests_dir():
-    if not os.path.isdir(MANIFESTS):
-        pytest.fail(f"The checkpoint manifests are missing: expected them in {MANIFESTS} (shared/ beside the repo).")
+    """Real checkpoint layouts (key -> [shape, dtype]), written by scripts/write_manifests.py."""
     return MANIFESTS

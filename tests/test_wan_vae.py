@@ -45,9 +45,8 @@ def _meta_vae(**config):
         return AutoencoderKLWan(**config)
 
 
-def _manifest(name):
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared",
-                           "manifests", name)) as f:
+def _manifest(manifests_dir, name):
+    with open(os.path.join(manifests_dir, name)) as f:
         return {k: tuple(v[0]) for k, v in json.load(f)["tensors"].items()}
 
 
@@ -101,24 +100,21 @@ def test_real_original_layout_infers_the_wan21_config():
     assert _public(_meta_vae(**config).config) == _public(default.config)
 
 
-@pytest.mark.parametrize("manifest, original", [("wan21_vae_diffusers.json", False),
-                                                ("wan21_vae_original.json", True)])
-def test_manifest_maps_with_no_missing_or_unexpected_keys(manifest, original):
-    shapes = _manifest(manifest)
+WAN_VAE_MANIFESTS = pytest.mark.parametrize("manifest, original", [("wan21_vae_diffusers.json", False),
+                                                                    ("wan21_vae_original.json", True)])
+
+
+@WAN_VAE_MANIFESTS
+def test_manifest_maps_with_no_missing_or_unexpected_keys(manifests_dir, manifest, original):
+    shapes = _manifest(manifests_dir, manifest)
     if original:
         shapes = convert_wan_vae_to_diffusers(shapes)
     check_wan_vae_layout(_meta_vae(**infer_wan_vae_config(shapes)), shapes, manifest)
 
 
-@pytest.mark.parametrize("manifest, original", [
-    ("wan21_vae_diffusers.json", False),
-    pytest.param("wan21_vae_original.json", True, marks=pytest.mark.xfail(strict=True, reason=(
-        "the manifest was built with ComfyUI's WanVAE class default temperal_downsample=[True, True, False]; "
-        "comfy/sd.py, the original Wan2.1 code and diffusers use [False, True, True], so the real file has "
-        "time_conv in encoder.downsamples.5/8 and decoder.upsamples.3/7, not 2/5 and 7/11"))),
-])
-def test_manifest_infers_the_wan21_config(manifest, original):
-    shapes = _manifest(manifest)
+@WAN_VAE_MANIFESTS
+def test_manifest_infers_the_wan21_config(manifests_dir, manifest, original):
+    shapes = _manifest(manifests_dir, manifest)
     if original:
         shapes = convert_wan_vae_to_diffusers(shapes)
     assert _public(_meta_vae(**infer_wan_vae_config(shapes)).config) == _public(_meta_vae().config)
