@@ -16,6 +16,7 @@ import torch
 
 from .loaders.cast_layers import install, place_within, set_execution_device
 from .loaders.weight_patches import patch_weights, standalone_patches
+from .video.files import check_filename_prefix
 
 
 def _comfy(module: str):
@@ -471,25 +472,28 @@ def model_dirs(folder: str) -> list[str]:
     return sorted(names)
 
 
-def output_file(prefix: str, width: int, height: int, extension: str) -> tuple[str, str, str]:
-    """(absolute path, file name, subfolder) for a new output file, numbered as SaveImage numbers its files.
+def output_location(prefix: str, width: int, height: int) -> tuple[str, str, int, str]:
+    """(folder, file name stem, first counter to try, subfolder) for a new output file, as SaveImage numbers its
+    files (video.files.write_new_file then takes the first free counter from there).
 
-    ComfyUI refuses prefixes that escape its output folder; standalone files go to ./output.
+    Prefixes with control characters or that escape the output folder are refused; standalone files go to ./output.
     """
+    check_filename_prefix(prefix)
     folder_paths = _comfy("folder_paths")
     if folder_paths is None:
         root = os.path.abspath("output")
-        os.makedirs(root, exist_ok=True)
-        index = len(os.listdir(root))
-        name = f"{os.path.basename(prefix)}_{index:05}_.{extension}"
-        return os.path.join(root, name), name, ""
+        subfolder, filename = os.path.split(os.path.normpath(prefix))
+        folder = os.path.abspath(os.path.join(root, subfolder))
+        if os.path.commonpath((root, folder)) != root:
+            raise ValueError(f"filename_prefix '{prefix}' is outside the output folder {root}.")
+        os.makedirs(folder, exist_ok=True)
+        return folder, filename, 1, subfolder
     try:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     except Exception as e:  # ComfyUI raises a bare Exception for prefixes outside the output folder
         raise ValueError(f"filename_prefix '{prefix}': {e}") from e
-    name = f"{filename}_{counter:05}_.{extension}"
-    return os.path.join(folder, name), name, subfolder
+    return folder, filename, counter, subfolder
 
 
 def resolve_model_path(folder: str, name: str) -> str:

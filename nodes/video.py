@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 from .. import comfy_bridge as bridge
+from ..video.files import check_filename_prefix, write_new_file
 from ..video.mp4 import split_videos, write_mp4
 
 
@@ -26,11 +29,23 @@ class SaveWanVideo:
             "crf": ("INT", {"default": 19, "min": 0, "max": 51, "tooltip": "H.264 quality: lower is better."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        """Refuse a prefix with control characters at queue time (a linked prefix is checked when saving)."""
+        try:
+            if filename_prefix is not None:
+                check_filename_prefix(filename_prefix)
+        except ValueError as e:
+            return str(e)
+        return True
+
     def save(self, images, fps, filename_prefix, frames_per_video, crf):
         results = []
         for video in split_videos(images, frames_per_video):
-            path, name, subfolder = bridge.output_file(filename_prefix, video.shape[2], video.shape[1], "mp4")
-            write_mp4(video, path, fps, crf)
+            folder, filename, counter, subfolder = bridge.output_location(filename_prefix, video.shape[2],
+                                                                          video.shape[1])
+            write = functools.partial(write_mp4, video, fps=fps, crf=crf)
+            name = write_new_file(folder, filename, counter, "mp4", write)
             results.append({"filename": name, "subfolder": subfolder, "type": "output"})
         return {"ui": {"images": results, "animated": (True,)}}
 
