@@ -75,6 +75,16 @@ def memory_fits(required: int, device: torch.device) -> bool:
     return mm is not None and mm.get_free_memory(device) >= required
 
 
+def total_memory(device: torch.device) -> int:
+    """Bytes the device has in all (RAM for the CPU), by ComfyUI's figure; what is free at the moment plays no part."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_total_memory(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def intermediate_device() -> torch.device:
     """Where IMAGE and LATENT outputs live between nodes."""
     mm = _comfy("comfy.model_management")

@@ -42,13 +42,22 @@ class SanaControl:
     end_percent: float = 1.0
 
 
+def control_settings_problems(strength: float, start_percent: float, end_percent: float) -> list[str]:
+    """Every problem with the settings, each naming its input."""
+    problems = [f"{name} must be a finite number, got {value!r}."
+                for name, value in (("strength", strength), ("start_percent", start_percent),
+                                    ("end_percent", end_percent))
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+    if not problems and not 0.0 <= start_percent < end_percent <= 1.0:
+        problems.append(f"start_percent and end_percent: the ControlNet range needs 0 <= start_percent < end_percent "
+                        f"<= 1, got {start_percent} and {end_percent}.")
+    return problems
+
+
 def check_control_settings(strength: float, start_percent: float, end_percent: float) -> None:
-    for name, value in (("strength", strength), ("start_percent", start_percent), ("end_percent", end_percent)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if not 0.0 <= start_percent < end_percent <= 1.0:
-        raise ValueError(f"The ControlNet range needs 0 <= start_percent < end_percent <= 1, got {start_percent} and "
-                         f"{end_percent}.")
+    problems = control_settings_problems(strength, start_percent, end_percent)
+    if problems:
+        raise ValueError(" ".join(problems))
 
 
 def check_controlnet_module(module) -> None:

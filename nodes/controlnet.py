@@ -7,10 +7,11 @@ import torch
 from .. import comfy_bridge as bridge
 from ..controlnet.sana import (
     SanaControl, attach_control, check_control_settings, check_controlnet_module, control_memory_estimate,
-    controls_of,
+    control_settings_problems, controls_of,
 )
 from ..loaders.sana_controlnet import load_sana_controlnet
 from ..vae.dcae import encode_dcae
+from .checks import declared_problems, verdict
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 
 FOLDERS = ("controlnet",)
@@ -74,11 +75,11 @@ class ApplySanaControlNet:
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent, end_percent):
-        try:
-            check_control_settings(1.0, start_percent, end_percent)
-        except ValueError as e:
-            return str(e)
-        return True
+        """Every problem at queue time; linked inputs (None) are checked when the node runs."""
+        problems = declared_problems(cls, {"start_percent": start_percent, "end_percent": end_percent})
+        if not problems and None not in (start_percent, end_percent):
+            return verdict(control_settings_problems(1.0, start_percent, end_percent))
+        return verdict(problems.values())
 
     def apply(self, positive, negative, controlnet, vae, image, strength, start_percent, end_percent):
         check_control_settings(strength, start_percent, end_percent)

@@ -4,9 +4,44 @@ from __future__ import annotations
 
 from .. import comfy_bridge as bridge
 from ..samplers.latents import (
-    SANA_BINS, SANA_STRIDE, WAN_STRIDE, check_frame_count, check_image_size, empty_sana_latent, empty_wan_latent,
-    snap_to_bin,
+    SANA_BINS, SANA_STRIDE, WAN_STRIDE, empty_sana_latent, empty_wan_latent, frame_count_problem, sana_memory_problem,
+    size_problem, snap_to_bin, wan_memory_problem,
 )
+from .checks import declared_problems, refuse, verdict
+
+
+def _size_problems(problems: dict[str, str], stride: int, **sizes) -> None:
+    """Add what is wrong with each known width / height that is within its bounds."""
+    for name, value in sizes.items():
+        if value is not None and name not in problems:
+            problem = size_problem(name, value, stride)
+            if problem:
+                problems[name] = problem
+
+
+def _whole_numbers(*values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _memory_available() -> int:
+    """Bytes of the device where latents and decoded images wait between nodes."""
+    return bridge.total_memory(bridge.intermediate_device())
+
+
+def wan_video_problems(node_class, width, height, length, batch_size) -> list[str]:
+    """Every problem with a Wan video size, each naming its input; the memory it needs once all inputs are known and
+    fine (None = a linked input, checked when the node runs)."""
+    problems = declared_problems(node_class, {"width": width, "height": height, "length": length,
+                                              "batch_size": batch_size})
+    _size_problems(problems, WAN_STRIDE, width=width, height=height)
+    length_problem = frame_count_problem(length) if length is not None and "length" not in problems else None
+    if length_problem:
+        problems["length"] = length_problem
+    if not problems and _whole_numbers(width, height, length, batch_size):
+        memory = wan_memory_problem(width, height, length, batch_size, _memory_available())
+        if memory:
+            problems["memory"] = memory
+    return list(problems.values())
 
 
 class EmptySanaLatent:
@@ -28,17 +63,26 @@ class EmptySanaLatent:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height):
-        """Refuse a size the DC-AE cannot produce at queue time (HTTP 400 with this node's error)."""
-        if width is None or height is None:  # linked inputs are only known at run time
-            return True
-        try:
-            check_image_size(width, height, SANA_STRIDE)
-        except ValueError as e:
-            return str(e)
-        return True
+    def VALIDATE_INPUTS(cls, width, height, batch_size, resolution_bin):
+        """Refuse a size the DC-AE cannot produce, or one that does not fit in memory, at queue time (HTTP 400)."""
+        return verdict(cls.problems(width, height, batch_size, resolution_bin))
+
+    @classmethod
+    def problems(cls, width, height, batch_size, resolution_bin) -> list[str]:
+        """Every problem, each naming its input (None = a linked input, checked when the node runs)."""
+        problems = declared_problems(cls, {"width": width, "height": height, "batch_size": batch_size,
+                                           "resolution_bin": resolution_bin})
+        _size_problems(problems, SANA_STRIDE, width=width, height=height)
+        if not problems and _whole_numbers(width, height, batch_size) and resolution_bin is not None:
+            if resolution_bin != "off":
+                width, height = snap_to_bin(width, height, resolution_bin)
+            memory = sana_memory_problem(width, height, batch_size, _memory_available())
+            if memory:
+                problems["memory"] = memory
+        return list(problems.values())
 
     def generate(self, width, height, batch_size, resolution_bin):
+        refuse(self.problems(width, height, batch_size, resolution_bin))
         if resolution_bin != "off":
             width, height = snap_to_bin(width, height, resolution_bin)
         samples = empty_sana_latent(width, height, batch_size).to(bridge.intermediate_device())
@@ -61,18 +105,13 @@ class EmptyWanLatentVideo:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height, length):
-        """Refuse sizes and frame counts the Wan VAE and transformer cannot take, at queue time."""
-        try:
-            if width is not None and height is not None:
-                check_image_size(width, height, WAN_STRIDE)
-            if length is not None:
-                check_frame_count(length)
-        except ValueError as e:
-            return str(e)
-        return True
+    def VALIDATE_INPUTS(cls, width, height, length, batch_size):
+        """Refuse sizes and frame counts the Wan VAE and transformer cannot take, or that do not fit in memory, at
+        queue time."""
+        return verdict(wan_video_problems(cls, width, height, length, batch_size))
 
     def generate(self, width, height, length, batch_size):
+        refuse(wan_video_problems(self, width, height, length, batch_size))
         return ({"samples": empty_wan_latent(width, height, length, batch_size).to(bridge.intermediate_device())},)
 
 

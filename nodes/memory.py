@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .. import comfy_bridge as bridge
+from .checks import declared_problems, verdict
 
 GPU_WEIGHTS_INPUT = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.1, "tooltip": (
     "Most GB of this model's weights kept on the GPU; the other layers stay in RAM and are copied in for each call "
@@ -27,14 +28,17 @@ def _weight_budget(max_gpu_weights_gb: float) -> int | None:
     return None if max_gpu_weights_gb == 0 else int(max_gpu_weights_gb * 2**30)
 
 
-def _check_gb(max_gpu_weights_gb) -> str | bool:
-    """At queue time; a linked input (None) is checked when the node runs."""
-    try:
-        if max_gpu_weights_gb is not None:
-            _weight_budget(max_gpu_weights_gb)
-    except ValueError as e:
-        return str(e)
-    return True
+def _validate(node_class, **values) -> bool | str:
+    """VALIDATE_INPUTS of both kinds of node: every problem, each naming its input; a linked input (None) is checked
+    when the node runs."""
+    problems = {}
+    gb = values["max_gpu_weights_gb"]
+    if isinstance(gb, (int, float)):
+        try:
+            _weight_budget(gb)
+        except ValueError as e:
+            problems["max_gpu_weights_gb"] = str(e)
+    return verdict({**declared_problems(node_class, values), **problems}.values())
 
 
 class _ModelMemoryOptions:
@@ -49,7 +53,7 @@ class _ModelMemoryOptions:
 
     @classmethod
     def VALIDATE_INPUTS(cls, max_gpu_weights_gb):
-        return _check_gb(max_gpu_weights_gb)
+        return _validate(cls, max_gpu_weights_gb=max_gpu_weights_gb)
 
     def apply(self, model, max_gpu_weights_gb):
         return (bridge.with_memory_options(model, weight_budget=_weight_budget(max_gpu_weights_gb)),)
@@ -76,9 +80,7 @@ class _TextEncoderMemoryOptions:
 
     @classmethod
     def VALIDATE_INPUTS(cls, device, max_gpu_weights_gb):
-        if device not in DEVICE_INPUT[0]:
-            return f"device must be one of {DEVICE_INPUT[0]}, got '{device}'."
-        return _check_gb(max_gpu_weights_gb)
+        return _validate(cls, device=device, max_gpu_weights_gb=max_gpu_weights_gb)
 
     def apply(self, text_encoder, device, max_gpu_weights_gb):
         return (bridge.with_memory_options(text_encoder, load_on_cpu=device == "cpu",

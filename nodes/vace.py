@@ -6,6 +6,8 @@ import torch
 
 from .. import comfy_bridge as bridge
 from ..controlnet.wan_vace import attach_vace, build_vace_context, check_vace_inputs, vace_latent
+from .checks import refuse, verdict
+from .latent import wan_video_problems
 
 
 class WanVACEConditioning:
@@ -40,15 +42,12 @@ class WanVACEConditioning:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=832, height=480, length=81):
-        try:
-            check_vace_inputs(width, height, length, None, None, None)
-        except ValueError as e:
-            return str(e)
-        return True
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None, batch_size=None):
+        return verdict(wan_video_problems(cls, width, height, length, batch_size))
 
     def apply(self, positive, negative, vae, width, height, length, batch_size, strength, control_video=None,
               control_masks=None, reference_image=None):
+        refuse(wan_video_problems(self, width, height, length, batch_size))
         check_vace_inputs(width, height, length, control_video, control_masks, reference_image)
         model = vae.load()
         with torch.inference_mode():

@@ -62,8 +62,8 @@ def test_nodes_equal_sana_pipeline(models, solver):
 def test_bad_inputs_are_clear_errors(models):
     with pytest.raises(ValueError, match="multiple of 32"):
         NODES["EmptySanaLatent"]().generate(1000, 1024, 1, "off")
-    assert "use 992 or 1024" in NODES["EmptySanaLatent"].VALIDATE_INPUTS(1000, 1024)
-    assert NODES["EmptySanaLatent"].VALIDATE_INPUTS(1024, 1024) is True
+    assert "use 992 or 1024" in NODES["EmptySanaLatent"].VALIDATE_INPUTS(1000, 1024, 1, "off")
+    assert NODES["EmptySanaLatent"].VALIDATE_INPUTS(1024, 1024, 1, "off") is True
     (model,) = NODES["SanaTransformerLoader"]().load(models["paths"]["transformer"], "fp32")
     latent = {"samples": torch.zeros(1, 32, 2, 3)}
     for steps, cfg, message in ((0, 4.5, "steps"), (4, float("nan"), "cfg")):

@@ -65,9 +65,9 @@ def test_a_batch_of_prompts_is_a_batch_of_videos(models):
 
 def test_bad_inputs_are_clear_errors(models):
     latent_node = NODES["EmptyWanLatentVideo"]
-    assert "4n+1" in latent_node.VALIDATE_INPUTS(832, 480, 80)
-    assert "multiple of 16" in latent_node.VALIDATE_INPUTS(840, 480, 81)
-    assert latent_node.VALIDATE_INPUTS(832, 480, 81) is True
+    assert "4n+1" in latent_node.VALIDATE_INPUTS(832, 480, 80, 1)
+    assert "multiple of 16" in latent_node.VALIDATE_INPUTS(840, 480, 81, 1)
+    assert latent_node.VALIDATE_INPUTS(832, 480, 81, 1) is True
     with pytest.raises(ValueError, match="4n\\+1"):
         latent_node().generate(832, 480, 80, 1)
     with pytest.raises(ValueError, match="Sana transformer|detected"):
