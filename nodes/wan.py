@@ -9,7 +9,7 @@ from ..loaders.wan_transformer import load_wan_transformer
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.schedulers import SCHEDULES, SOLVERS
-from ..samplers.wan import check_wan_latent, sample_wan, wan_memory_estimate
+from ..samplers.wan import batch_cond_uncond, check_wan_latent, sample_wan, wan_memory_estimate
 from .options import (
     DENOISE_INPUT, SEED_INPUT, SIGMAS_INPUT, cfg_input, guidance_input, loader_inputs, resolve_load,
 )
@@ -70,9 +70,9 @@ class WanSampler:
         validate_sampling(steps, cfg, denoise, shift)
         check_wan_latent(latent["samples"], model.module.config.in_channels)
         one_pass = wan_memory_estimate(model.module, latent["samples"].shape)
-        transformer = model.load(one_pass)
-        # cond and uncond in one forward when twice the activations fit beside the loaded model
-        batched = bridge.memory_fits(2 * one_pass, model.patcher.load_device)
+        device = model.patcher.load_device
+        batched = batch_cond_uncond(device, model.patcher.model_size(), one_pass, bridge.total_memory(device))
+        transformer = model.load(2 * one_pass if batched else one_pass)
         callback = bridge.step_callback(steps, principal_components_image)
         with torch.inference_mode():
             samples = sample_wan(transformer, latent, positive, negative, seed, steps, cfg, shift, solver, schedule,

@@ -10,13 +10,15 @@ from diffusers import SanaPipeline, WanPipeline
 from tiny_sana import tiny_sana_transformer
 from tiny_wan import tiny_wan_transformer
 
+from sana_wan import comfy_bridge as bridge
+from sana_wan.nodes.wan import WanSampler
 from sana_wan.samplers import sana as sana_sampler
 from sana_wan.samplers import wan as wan_sampler
 from sana_wan.samplers.conditioning import make_conditioning
 from sana_wan.samplers.noise import comfy_noise
 from sana_wan.samplers.sana import SANA_LATENT_SCALE, sample_sana
 from sana_wan.samplers.schedulers import SOLVERS, make_scheduler
-from sana_wan.samplers.wan import sample_wan
+from sana_wan.samplers.wan import batch_cond_uncond, sample_wan
 from sana_wan.vae.wan import to_model_space, to_raw
 
 STEPS, CFG, SEED = 4, 4.0, 17
@@ -120,3 +122,25 @@ def test_wan_cond_uncond_in_one_batch_equals_two_forwards(solver):
         separate = sample_wan(transformer, *args)
         batched = sample_wan(transformer, *args, batched=True)
     assert (batched - separate).abs().max() <= 1e-5
+
+
+def test_the_wan_sampler_node_gives_the_same_latent_whatever_memory_is_free(monkeypatch):
+    """One batch and two forwards round differently (batch 1 here): the node's choice must not follow the memory that
+    happens to be free, or the same seed gives another video once another model is loaded."""
+    model = bridge.ModelHandle(tiny_wan_transformer(seed=4, text_dim=32), "diffusion", family="wan")
+    (pos, pos_mask), (neg, neg_mask) = _embeds(1, 16, 32, 9), _embeds(1, 16, 32, 3)
+    latents = []
+    for free in (0, 2**50):
+        monkeypatch.setattr(bridge, "memory_fits", lambda required, device, free=free: required <= free)
+        (samples,) = WanSampler().sample(model, make_conditioning(pos, pos_mask), make_conditioning(neg, neg_mask),
+                                         {"samples": torch.zeros(1, 16, 2, 4, 4)}, SEED, STEPS, CFG, 5.0, "flow_unipc",
+                                         "default", 1.0)
+        latents.append(samples["samples"])
+    assert torch.equal(*latents)
+
+
+def test_cond_uncond_batching_depends_on_the_model_the_latent_and_the_device_only():
+    gpu, gb = torch.device("cuda", 0), 2**30
+    assert batch_cond_uncond(gpu, 3 * gb, 2 * gb, 80 * gb)  # Wan 1.3B at 832x480x81 on an 80 GB card
+    assert not batch_cond_uncond(gpu, 28 * gb, 5 * gb, 24 * gb)  # 14B on a 24 GB card
+    assert not batch_cond_uncond(torch.device("cpu"), 1, 1, 1024 * gb)
