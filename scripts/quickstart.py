@@ -5,8 +5,9 @@
    (`--python`, $COMFYUI_PYTHON, else this interpreter).
 3. Models: `--tiny` writes tiny random demo models of every kind into ComfyUI/models (no download; for trying the
    graphs and the API, not for pictures); `--download sana wan ...` fetches the real files listed in
-   scripts/models.json from the Hugging Face Hub, checked by size and SHA-256 (`--record` writes those into the
-   manifest); with neither, prints which files to put where.
+   scripts/models.json from the Hugging Face Hub, checked by size and hash (`--record` writes those into the
+   manifest; `--allow-unverified` takes files that neither the manifest nor the server gives a hash for); with
+   neither, prints which files to put where.
 4. Starts the server on loopback (`--no-start` stops after step 3).
 """
 
@@ -38,6 +39,9 @@ def _parse(argv):
                         help="download the real models of these sets from scripts/models.json (sana, sana_sprint, wan)")
     parser.add_argument("--record", action="store_true",
                         help="with --download: write each file's size and SHA-256 into scripts/models.json")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="with --download: take files that neither scripts/models.json nor the server (a mirror "
+                             "in HF_ENDPOINT) gives a hash for, unchecked")
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--no-start", action="store_true", help="prepare everything, do not start the server")
     return parser.parse_args(argv)
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
         print("in the example workflows, pick them in the loaders (names with 'tiny').")
     if args.download:
         manifest = fetch_models.load_manifest()
-        print("real models:", ", ".join(fetch_models.fetch(manifest, args.download, models, args.record)))
+        paths = fetch_models.fetch(manifest, args.download, models, args.record, args.allow_unverified)
+        print("real models:", ", ".join(paths))
         if args.record:
             fetch_models.save_manifest(manifest)
     if not (args.tiny or args.download):

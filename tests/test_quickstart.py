@@ -50,3 +50,16 @@ def test_without_models_it_lists_the_real_files_and_where_they_go(tmp_path, caps
     assert f"wan: put in {models / 'diffusion_models'}: Comfy-Org/Wan_2.1_ComfyUI_repackaged/split_files/" in out
     assert f"sana: put in {models / 'vae' / 'dc-ae-f32c32-sana-1.1-diffusers'}: " in out
     assert not (models / "diffusion_models").exists(), "nothing downloaded or written"
+
+
+def test_download_passes_allow_unverified_on(tmp_path, monkeypatch):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    quickstart = _quickstart()
+    calls = []
+    monkeypatch.setattr(quickstart.fetch_models, "fetch", lambda *args: calls.append(args) or [])
+    for flags, allowed in (([], False), (["--allow-unverified"], True)):
+        quickstart.main(["--comfyui", str(comfyui), "--python", sys.executable, "--download", "wan", "--no-start",
+                         *flags])
+        assert calls.pop()[2:] == (str(comfyui / "models"), False, allowed)
