@@ -195,6 +195,7 @@ def _running_server(tmp_path_factory, models_dir: str, memory_flags: tuple[str, 
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=comfy_path, stdout=log, stderr=subprocess.STDOUT)
     server = ComfyServer(f"http://127.0.0.1:{port}", str(output), log_path)
+    server.process = process  # for tests that kill the server mid-run
     try:
         _wait_until_up(server, process)
         yield server
