@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .queue import PromptError, download, follow, output_files
+from .outputs import output_path, save_new
+from .queue import ClientError, fetch, follow, output_files
 from .workflow import apply_overrides, load_workflow, set_input
 
 
@@ -21,18 +22,32 @@ def _parser() -> argparse.ArgumentParser:
                      help="batch: one prompt per line, each queued with --prompt-input set to it")
     run.add_argument("--prompt-input", default="4.prompt", metavar="NODE.INPUT",
                      help="the input a --prompts line goes to (default: 4.prompt, the examples' text encode node)")
-    run.add_argument("--output", default="outputs", help="folder for the downloaded files")
-    run.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one prompt")
+    run.add_argument("--output", default="outputs",
+                     help="folder for the downloaded files, with ComfyUI's subfolders kept; an existing file is never "
+                          "replaced (the new one gets _2, _3, ... before its extension)")
+    run.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one prompt (default 3600)")
     return parser
 
 
-def _progress(node: str, value: int, total: int) -> None:
+class _ProgressBar:
+    """One line on stderr, redrawn in place; `close()` ends an unfinished one so that a message starts a new line."""
+
     width = 30
-    done = int(width * value / max(total, 1))
-    sys.stderr.write(f"\rnode {node}: [{'#' * done}{'.' * (width - done)}] {value}/{total}")
-    if value >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+
+    def __init__(self):
+        self.open = False
+
+    def __call__(self, node: str, value: int, total: int) -> None:
+        done = int(self.width * value / max(total, 1))
+        sys.stderr.write(f"\rnode {node}: [{'#' * done}{'.' * (self.width - done)}] {value}/{total}")
+        self.open = value < total
+        sys.stderr.write("" if self.open else "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
 
 
 def _graphs(args) -> list[dict]:
@@ -47,15 +62,21 @@ def _graphs(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     server = args.server.rstrip("/")
+    progress = _ProgressBar()
     try:
         graphs = _graphs(args)
         for index, graph in enumerate(graphs, 1):
             if len(graphs) > 1:
                 print(f"prompt {index}/{len(graphs)}", file=sys.stderr)
-            prompt_id = follow(server, graph, _progress, args.timeout)
+            prompt_id = follow(server, graph, progress, args.timeout)
             for item in output_files(server, prompt_id):
-                print(download(server, item, args.output))
-    except (PromptError, ValueError, OSError) as e:
+                print(save_new(output_path(args.output, item), fetch(server, item)), flush=True)
+    except (ClientError, ValueError, OSError) as e:
+        progress.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        progress.close()
+        print("error: stopped (Ctrl+C); a queued prompt stays in ComfyUI's queue", file=sys.stderr)
+        return 130
     return 0

@@ -1,21 +1,37 @@
-"""Talking to ComfyUI's server: POST /prompt, follow /ws, read /history, download through /view."""
+"""Talking to ComfyUI's server: POST /prompt, follow /ws, read /history, download through /view.
+
+Every way a run can end early is a `ClientError` whose message is one line for the user: a refused prompt or a
+failed node (`PromptError`, with ComfyUI's node errors), no server or not a ComfyUI server, a prompt that did not
+finish in time, a server that went away mid-run (`ServerError`).
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
-import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
 
+REQUEST_TIMEOUT = 60  # seconds for one HTTP request; the prompt's own limit is the caller's
 
-class PromptError(RuntimeError):
+
+class ClientError(RuntimeError):
+    """A run that cannot go on; the message says why in a line."""
+
+
+class PromptError(ClientError):
     """The server refused the prompt or a node failed; the message carries ComfyUI's node errors."""
 
 
-def _request(url: str, body: dict | None = None, timeout: float = 60):
+class ServerError(ClientError):
+    """No ComfyUI answering at the address, an answer no ComfyUI gives, a timeout, or the server went away."""
+
+
+def _request(url: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> bytes:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
@@ -24,12 +40,41 @@ def _request(url: str, body: dict | None = None, timeout: float = 60):
     except urllib.error.HTTPError as e:
         detail = e.read().decode(errors="replace")
         raise PromptError(f"{e.code} from {url}: {_describe_refusal(detail)}") from e
+    except urllib.error.URLError as e:
+        raise ServerError(f"cannot reach {url}: {_reason(e.reason)}") from e
+    except TimeoutError as e:
+        raise ServerError(f"{url} did not answer within {timeout:g} s") from e
+    except ConnectionError as e:
+        raise ServerError(f"the server closed the connection during {url} ({_reason(e)}); did it stop?") from e
+    except http.client.HTTPException as e:
+        raise ServerError(f"{url} gave no valid HTTP answer ({type(e).__name__}); is this a ComfyUI server?") from e
+
+
+def _reason(error) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _json(raw: bytes, what: str) -> dict:
+    try:
+        answer = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = None
+    if not isinstance(answer, dict):
+        raise ServerError(f"{what} answered {_excerpt(raw)}, not ComfyUI's JSON; is this a ComfyUI server?")
+    return answer
+
+
+def _excerpt(raw: bytes) -> str:
+    text = " ".join(raw.decode(errors="replace").split())
+    return repr(text[:60] + ("..." if len(text) > 60 else ""))
 
 
 def _describe_refusal(detail: str) -> str:
     try:
         answer = json.loads(detail)
     except json.JSONDecodeError:
+        return detail
+    if not isinstance(answer, dict):
         return detail
     lines = [answer.get("error", {}).get("message", "")]
     for node_id, node in answer.get("node_errors", {}).items():
@@ -38,54 +83,95 @@ def _describe_refusal(detail: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def check_server(server: str) -> None:
+    """ServerError unless `server` answers GET /system_stats as ComfyUI does."""
+    try:
+        stats = _json(_request(f"{server}/system_stats"), f"{server}/system_stats")
+    except PromptError as e:  # an HTTP error status: something else listens there
+        raise ServerError(f"{server} is not a ComfyUI server: {e}") from e
+    if not isinstance(stats.get("system"), dict) or "devices" not in stats:
+        raise ServerError(f"{server} is not a ComfyUI server: /system_stats has no 'system' and 'devices'")
+
+
 def submit(server: str, graph: dict, client_id: str) -> str:
-    answer = json.loads(_request(f"{server}/prompt", {"prompt": graph, "client_id": client_id}))
+    answer = _json(_request(f"{server}/prompt", {"prompt": graph, "client_id": client_id}), f"{server}/prompt")
+    if "prompt_id" not in answer:
+        raise ServerError(f"{server}/prompt answered without a prompt_id: {_excerpt(json.dumps(answer).encode())}")
     return answer["prompt_id"]
 
 
 def follow(server: str, graph: dict, on_progress: Callable[[str, int, int], None], timeout: float) -> str:
-    """Submit and wait on /ws until the prompt ends; returns its id, raises PromptError on a node error."""
+    """Submit and wait on /ws until the prompt ends; returns its id. PromptError on a node error or an interrupt,
+    ServerError when the server is not ComfyUI, goes away, or the prompt is not done within `timeout` seconds."""
     import websocket
 
+    check_server(server)
+    deadline = time.monotonic() + timeout
     client_id = uuid.uuid4().hex
-    ws = websocket.create_connection(f"ws{server[4:]}/ws?clientId={client_id}", timeout=timeout)
+    try:
+        ws = websocket.create_connection(f"ws{server[4:]}/ws?clientId={client_id}",
+                                         timeout=min(timeout, REQUEST_TIMEOUT))
+    except (websocket.WebSocketException, OSError) as e:
+        raise ServerError(f"{server}/ws: cannot open ComfyUI's progress socket ({_reason(e)})") from e
     try:
         prompt_id = submit(server, graph, client_id)
         while True:
-            raw = ws.recv()
-            if isinstance(raw, bytes):
+            message = _receive(ws, deadline, server, prompt_id, timeout)
+            data = message.get("data") or {}
+            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue
-            message = json.loads(raw)
-            data = message.get("data", {})
-            if data.get("prompt_id") != prompt_id:
-                continue
-            if message["type"] == "progress":
-                on_progress(data["node"], data["value"], data["max"])
-            elif message["type"] == "execution_error":
-                raise PromptError(f"node {data['node_id']} ({data['node_type']}) failed: "
-                                  f"{data['exception_type']}: {data['exception_message'].strip()}")
-            elif message["type"] == "execution_interrupted":
+            kind = message.get("type")
+            if kind == "progress":
+                on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 1)))
+            elif kind == "execution_error":
+                raise PromptError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                                  f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}")
+            elif kind == "execution_interrupted":
                 raise PromptError("the prompt was interrupted")
-            elif message["type"] == "executing" and data["node"] is None:
+            elif kind == "executing" and data.get("node") is None:
                 return prompt_id
     finally:
         ws.close()
 
 
+def _receive(ws, deadline: float, server: str, prompt_id: str, timeout: float) -> dict:
+    """The next JSON message of the socket (binary preview frames skipped)."""
+    import websocket
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServerError(f"prompt {prompt_id} did not finish within {timeout:g} s (--timeout); it is still in "
+                              f"ComfyUI's queue at {server}")
+        ws.settimeout(remaining)
+        try:
+            raw = ws.recv()
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            continue  # the deadline check above ends it
+        except (websocket.WebSocketException, OSError) as e:
+            raise ServerError(f"the connection to ComfyUI at {server} was lost before prompt {prompt_id} finished "
+                              f"({_reason(e)}); did the server stop?") from e
+        if isinstance(raw, bytes):
+            continue
+        if not raw:  # a close frame
+            raise ServerError(f"ComfyUI at {server} closed the connection before prompt {prompt_id} finished; "
+                              "did the server stop?")
+        return _json(raw.encode(), f"{server}/ws")
+
+
 def output_files(server: str, prompt_id: str) -> list[dict]:
     """Every file the prompt's output nodes reported ({filename, subfolder, type})."""
-    history = json.loads(_request(f"{server}/history/{prompt_id}"))[prompt_id]
+    history = _json(_request(f"{server}/history/{prompt_id}"), f"{server}/history")
+    if prompt_id not in history:
+        raise ServerError(f"{server} has no history of prompt {prompt_id} (was the server restarted?)")
     files = []
-    for output in history["outputs"].values():
+    for output in history[prompt_id].get("outputs", {}).values():
         for key in ("images", "gifs", "videos", "audio"):
             files += [f for f in output.get(key, []) if isinstance(f, dict) and "filename" in f]
     return files
 
 
-def download(server: str, item: dict, directory: str) -> str:
+def fetch(server: str, item: dict) -> bytes:
+    """An output's bytes through /view."""
     query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, os.path.basename(item["filename"]))
-    with open(path, "wb") as f:
-        f.write(_request(f"{server}/view?{query}"))
-    return path
+    return _request(f"{server}/view?{query}")
