@@ -14,7 +14,7 @@ import uuid
 
 import torch
 
-from .loaders.cast_layers import install, place_within, set_execution_device
+from .loaders.cast_layers import SCALE, install, place_within, set_execution_device
 from .loaders.weight_patches import patch_weights, standalone_patches
 from .video.files import check_filename_prefix
 
@@ -138,14 +138,60 @@ def make_patcher(holder: torch.nn.Module, role: str):
 
     The model's layers become cast-on-call layers (loaders/cast_layers.py), which ComfyUI's partial loading treats as
     it treats `comfy.ops` layers: those it leaves on the offload device are copied for each call, by ComfyUI's own
-    copy (non-blocking, on its offload streams under --async-offload).
+    copy (non-blocking, on its offload streams under --async-offload). The patcher is the one ComfyUI makes its own
+    models with (`CoreModelPatcher`: its dynamic VRAM patcher where that is on, 0.33+).
     """
     load_device, offload_device = devices(role)
     mp = _comfy("comfy.model_patcher")
-    install(holder, _comfy_caster())
+    install(holder, _comfy_caster(), _dynamic_vram_fetch if mp is not None else None)
     if mp is None:
         return StandalonePatcher(holder, load_device, offload_device)
-    return _budgeted(mp.ModelPatcher)(holder, load_device=load_device, offload_device=offload_device)
+    return _patcher_class(load_device)(holder, load_device=load_device, offload_device=offload_device)
+
+
+def _patcher_class(load_device: torch.device) -> type:
+    """The (budget-capable) ModelPatcher class ComfyUI would use on `load_device`: its dynamic VRAM patcher when
+    ComfyUI runs with it and the device is not the CPU (where ComfyUI itself falls back to the plain one)."""
+    mp = _comfy("comfy.model_patcher")
+    core = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
+    if core is mp.ModelPatcher or torch.device(load_device).type == "cpu":
+        return _budgeted(mp.ModelPatcher)
+    return core
+
+
+def is_dynamic(patcher) -> bool:
+    """Whether ComfyUI's dynamic VRAM (0.33+) manages this patcher's weights."""
+    return bool(getattr(patcher, "is_dynamic", lambda: False)())
+
+
+def _dynamic_vram_fetch(module: torch.nn.Module, device: torch.device):
+    """A layer's weight and bias for one call, fetched as ComfyUI's own layers fetch them under dynamic VRAM.
+
+    ComfyUI 0.33's ModelPatcherDynamic leaves the weight and bias of castable layers where they are and gives each a
+    slot in its virtual VRAM (`_v`); `comfy.ops.cast_bias_weight` stages them there (pinned copies, offload streams)
+    and applies the LoRA patches it attached (`weight_lowvram_function`) and weight wrappers (`weight_function`).
+    Scaled fp8 layers are fetched unpatched, then scaled and patched as the layer does it (`ScaledCastOnCall.finish`:
+    LoRA applies to the real weight, rounded back as in a full load). Returns None for
+    layers the dynamic patcher does not manage, which the layer then casts itself.
+    """
+    if getattr(module, "_v", None) is None or device.type == "cpu" or module.weight.device == device:
+        return None
+    ops = _comfy("comfy.ops")
+    dtype = module.upcast_dtype or module.weight.dtype
+    bias_dtype = module.bias.dtype if module.bias is not None else None
+    if SCALE not in module._buffers:
+        weight, bias, state = ops.cast_bias_weight(module, None, dtype=dtype, device=device, bias_dtype=bias_dtype,
+                                                   offloadable=True)
+    else:
+        patch, functions = getattr(module, "weight_lowvram_function", None), module.weight_function
+        module.weight_lowvram_function, module.weight_function = None, []
+        try:
+            weight, bias, state = ops.cast_bias_weight(module, None, dtype=dtype, device=device,
+                                                       bias_dtype=bias_dtype, offloadable=True)
+        finally:
+            module.weight_lowvram_function, module.weight_function = patch, functions
+        weight = module.finish("weight", weight, ([patch] if patch is not None else []) + list(functions))
+    return {"weight": weight, "bias": bias}, lambda: ops.uncast_bias_weight(module, weight, bias, state)
 
 
 def _comfy_caster():
@@ -183,7 +229,23 @@ def _budgeted(model_patcher: type) -> type:
                 extra_memory = min(extra_memory, max(0, self.weight_budget - self.loaded_size()))
             return super().partially_load(device_to, extra_memory, force_patch_weights=force_patch_weights)
 
+        def load(self, *args, **kwargs):
+            _drop_dynamic_slots(self.model)
+            return super().load(*args, **kwargs)
+
     return BudgetedModelPatcher
+
+
+def _drop_dynamic_slots(model: torch.nn.Module) -> None:
+    """Before a plain patcher loads weights a dynamic VRAM patcher managed (a Memory Options clone): the layers'
+    virtual-VRAM slots and the LoRA functions that patcher attached go, so no call fetches through them (the dynamic
+    patcher makes new ones when it loads again, as it does after its own force loads)."""
+    for module in model.modules():
+        slot = module.__dict__.pop("_v", None)
+        if slot is not None:
+            _comfy("comfy_aimdo.model_vbar").vbar_unpin(slot)
+        for name in ("weight_lowvram_function", "bias_lowvram_function"):
+            module.__dict__.pop(name, None)
 
 
 def load_models(patchers: list, memory_required: int = 0) -> None:
@@ -220,10 +282,17 @@ def with_memory_options(handle: "ModelHandle", load_on_cpu: bool = False,
     """A clone of `handle` that runs on the CPU (`load_on_cpu`) and / or keeps at most `weight_budget` bytes of its
     weights on the load device, the others on the offload device, copied layer by layer for each call (ComfyUI's
     partial loading). The defaults change nothing.
+
+    Under ComfyUI's dynamic VRAM, which has no budget and no CPU load device, such a clone is a plain ModelPatcher
+    over the same weights (ComfyUI's own `clone(disable_dynamic=True)`).
     """
     if weight_budget is not None and weight_budget < 0:
         raise ValueError(f"The weight budget must be 0 bytes or more, got {weight_budget}.")
     clone = handle.clone(memory_options={"load_on_cpu": load_on_cpu, "weight_budget": weight_budget})
+    if (load_on_cpu or weight_budget is not None) and is_dynamic(clone.patcher):
+        plain = clone.patcher.clone(disable_dynamic=True, model_override=clone.patcher.get_clone_model_override())
+        plain.__class__ = _budgeted(type(plain))
+        clone.patcher = plain
     if load_on_cpu:
         clone.patcher.load_device = torch.device("cpu")
     clone.patcher.weight_budget = weight_budget
@@ -312,7 +381,7 @@ def native_model(handle: ModelHandle, spec):
     base_class, patcher_class = _native_classes()
     patcher = patcher_class(base_class(spec, handle.module), load_device=handle.patcher.load_device,
                             offload_device=handle.patcher.offload_device)
-    patcher.weight_budget = handle.patcher.weight_budget
+    patcher.weight_budget = getattr(handle.patcher, "weight_budget", None)
     patcher.patches = {_NATIVE_PREFIX + key.removeprefix(_HOLDER_PREFIX): patches[:]
                        for key, patches in handle.patcher.patches.items()}
     return patcher
@@ -365,7 +434,7 @@ def _native_classes() -> tuple[type, type]:
                 out["attention_mask"] = conds.CONDRegular(kwargs["attention_mask"])
             return out
 
-        def memory_required(self, input_shape, cond_shapes={}):
+        def memory_required(self, input_shape, *args, **kwargs):  # 0.33+ also pass cond_shapes
             return self.spec.memory(tuple(input_shape))
 
     class NativeModelPatcher(_budgeted(mp.ModelPatcher)):

@@ -23,6 +23,7 @@ scaled fp8 files. A cast on call changes dtype and device in one copy and leaves
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 from collections.abc import Callable
@@ -41,6 +42,11 @@ def plain_cast(items: list[tuple[torch.Tensor, torch.dtype, bool]], device: torc
     return [tensor.to(device=device, dtype=dtype, copy=copy) for tensor, dtype, copy in items]
 
 
+# (module, device) -> ({"weight": ..., "bias": ...} for this call, release) or None: the bridge's fetch of a layer's
+# weight and bias through a memory manager that holds them itself (ComfyUI's dynamic VRAM); None where it does not.
+Fetch = Callable[[nn.Module, torch.device], "tuple[dict[str, torch.Tensor | None], Callable[[], None]] | None"]
+
+
 class CastOnCall:
     """Mixin: on each call, the module's own tensors that are not usable as they are get cast for that call.
 
@@ -49,14 +55,12 @@ class CastOnCall:
     low-VRAM LoRA patches, applied to the cast weight). Buffers move with the parameters in their own dtype.
     """
 
-    # ComfyUI takes layers that have this attribute as castable, and sets it on those it leaves offloaded; the cast
-    # itself is decided per call from where the tensors are.
-    comfy_cast_weights = False
     weight_function: list = []
     bias_function: list = []
     # The dtype the weights are computed in, on layers whose weights are stored in another (loaders/storage.py).
     upcast_dtype: torch.dtype | None = None
     tensor_caster: Caster = staticmethod(plain_cast)
+    managed_fetch: Fetch | None = None
 
     def resident(self, device: torch.device) -> bool:
         """Whether every tensor is usable as it is on `device` (the full-load case, checked first: it is the common
@@ -71,13 +75,16 @@ class CastOnCall:
                 return False
         return True
 
-    def call_tensors(self, device: torch.device) -> dict[str, torch.Tensor] | None:
-        """name -> tensor to run this call with, or None when every tensor is usable as it is."""
+    def call_tensors(self, device: torch.device) -> tuple[dict[str, torch.Tensor], Callable[[], None] | None]:
+        """(name -> tensor to run this call with, what to call once the call is done); no names when every tensor is
+        usable as it is."""
+        managed = self.managed_fetch(self, device) if self.managed_fetch is not None else None
+        fetched, release = managed if managed is not None else ({}, None)
         functions = {"weight": self.weight_function, "bias": self.bias_function}
         scale = self._buffers.get(SCALE)
         names, items = [], []
         for name, tensor in itertools.chain(self._parameters.items(), self._buffers.items()):
-            if tensor is None or name == SCALE:
+            if tensor is None or name == SCALE or name in fetched:
                 continue
             dtype = tensor.dtype
             if self.upcast_dtype is not None and tensor.is_floating_point() and name in self._parameters:
@@ -86,23 +93,64 @@ class CastOnCall:
             if tensor.device != device or dtype != tensor.dtype or patched:
                 names.append(name)
                 items.append((tensor, dtype, bool(functions.get(name))))
-        if not items:
-            return None
-        tensors = dict(zip(names, self.tensor_caster(items, device)))
+        tensors = dict(zip(names, self.tensor_caster(items, device))) if items else {}
         for name, tensor in tensors.items():
-            for function in functions.get(name) or ():
-                tensors[name] = tensor = function(tensor)
-        if scale is not None and "weight" in tensors:
-            tensors["weight"] = tensors["weight"] * scale.to(device=device, dtype=tensors["weight"].dtype)
-        return tensors
+            tensors[name] = self.finish(name, tensor, functions.get(name) or ())
+        return {**fetched, **tensors}, release
+
+    def finish(self, name: str, tensor: torch.Tensor, functions) -> torch.Tensor:
+        """A tensor cast for the call, made ready: the patch functions ComfyUI attached applied in order."""
+        for function in functions:
+            tensor = function(tensor)
+        return tensor
 
 
-class ScaledCastOnCall(CastOnCall):
+class ComfyCastable(CastOnCall):
+    """A cast-on-call layer shaped like ComfyUI's own `comfy.ops` layers - a `weight` tensor and a `bias` tensor or
+    none - which ComfyUI's ModelPatcher may therefore leave offloaded, stage in its dynamic VRAM and patch (LoRA):
+    its loaders read `<layer>.weight` and `<layer>.bias` of every layer that has `comfy_cast_weights`
+    (comfy/model_patcher.py `get_key_weight`). Other tensor-owning modules (norms with a `gamma`, modulation tables,
+    RoPE buffers) still cast on call, but ComfyUI loads them as plain modules.
+    """
+
+    # ComfyUI takes layers that have this attribute as castable, and sets it on those it leaves offloaded; the cast
+    # itself is decided per call from where the tensors are.
+    comfy_cast_weights = False
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "bias":  # no bias reads as a None bias, as on torch's own layers
+                return None
+            raise
+
+
+class ScaledCastOnCall(ComfyCastable):
     """A layer of a ComfyUI scaled fp8 file kept in fp8: its weight is `stored * scale_weight`.
 
     `convert_weight` / `set_weight` are ComfyUI's hooks (comfy/ops.py `scaled_fp8_ops`) through which its patcher
     applies LoRA patches to the scaled weight and stores the result back in the scaled form.
     """
+
+    def finish(self, name: str, tensor: torch.Tensor, functions) -> torch.Tensor:
+        """The real weight for the call: stored weight (cast) times its scale; LoRA patches (ComfyUI's
+        `LowVramPatch`, which has `set_func`) are applied to that and the result rounded back to the stored form as
+        the patcher's full load does (`patch_weight_to_device`: convert_weight, patch, set_weight). The patch's own
+        convert/set hooks are left out: 0.3.x applies them inside the patch, 0.33+ ignores them, and this layer does
+        both steps itself so both versions give the full load's weight. Other weight functions apply last."""
+        if name != "weight":
+            return super().finish(name, tensor, functions)
+        scale = self._buffers[SCALE].to(device=tensor.device, dtype=tensor.dtype)
+        weight = tensor * scale
+        patches = [function for function in functions if hasattr(function, "set_func")]
+        if patches:
+            for patch in patches:
+                patch = copy.copy(patch)
+                patch.convert_func = patch.set_func = None
+                weight = patch(weight)
+            weight = self.set_weight(weight, return_weight=True).to(tensor.dtype) * scale
+        return super().finish(name, weight, [function for function in functions if function not in patches])
 
     def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:
         scale = self._buffers[SCALE].to(device=weight.device, dtype=weight.dtype)
@@ -141,7 +189,7 @@ def _call_device(args: tuple, kwargs: dict) -> torch.device | None:
 
 
 @functools.cache
-def _cast_class(cls: type, scaled: bool) -> type:
+def _cast_class(cls: type, mixin: type) -> type:
     """`cls` with the cast on call in front of its own forward; keeps its name (diffusers finds blocks by name)."""
     original = cls.forward
 
@@ -150,9 +198,7 @@ def _cast_class(cls: type, scaled: bool) -> type:
         device = _call_device(args, kwargs)
         if device is None or self.resident(device):
             return original(self, *args, **kwargs)
-        tensors = self.call_tensors(device)
-        if tensors is None:
-            return original(self, *args, **kwargs)
+        tensors, release = self.call_tensors(device)
         held = {name: self._parameters if name in self._parameters else self._buffers for name in tensors}
         saved = {name: store[name] for name, store in held.items()}
         try:
@@ -162,28 +208,44 @@ def _cast_class(cls: type, scaled: bool) -> type:
         finally:
             for name, store in held.items():
                 store[name] = saved[name]
+            if release is not None:
+                release()
 
-    mixin = ScaledCastOnCall if scaled else CastOnCall
     return type(cls.__name__, (mixin, cls), {"forward": forward, "__qualname__": cls.__qualname__})
+
+
+def _mixin(module: nn.Module) -> type:
+    """The cast-on-call class for a module: scaled fp8, shaped like ComfyUI's layers, or any other."""
+    if SCALE in module._buffers:
+        return ScaledCastOnCall
+    own = {name for name, t in itertools.chain(module._parameters.items(), module._buffers.items()) if t is not None}
+    bias = getattr(module, "bias", None)
+    if "weight" in own and "weight" in module._parameters and own <= {"weight", "bias"} and (
+            bias is None or isinstance(bias, torch.Tensor)):
+        return ComfyCastable
+    return CastOnCall
 
 
 def owns_tensors(module: nn.Module) -> bool:
     return any(t is not None for t in itertools.chain(module._parameters.values(), module._buffers.values()))
 
 
-def install(model: nn.Module, caster: Caster | None = None) -> nn.Module:
+def install(model: nn.Module, caster: Caster | None = None, fetch: Fetch | None = None) -> nn.Module:
     """Make every module of `model` that owns tensors cast on call (idempotent); returns `model`.
 
-    `caster` replaces the plain `.to()` copy (the bridge passes ComfyUI's). A module that already casts keeps its
+    `caster` replaces the plain `.to()` copy (the bridge passes ComfyUI's), `fetch` gets weights a memory manager
+    holds (the bridge passes ComfyUI's dynamic VRAM fetch). A module that already casts keeps its
     class, so layers prepared by a loader (stored dtypes, scales) only get the caster.
     """
     for module in model.modules():
         if not isinstance(module, CastOnCall):
             if not owns_tensors(module):
                 continue
-            module.__class__ = _cast_class(type(module), SCALE in module._buffers)
+            module.__class__ = _cast_class(type(module), _mixin(module))
         if caster is not None:
             module.tensor_caster = caster
+        if fetch is not None:
+            module.managed_fetch = fetch
     return model
 
 

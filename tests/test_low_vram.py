@@ -375,3 +375,58 @@ def test_weights_beyond_the_fp8_range_are_clamped_not_turned_into_inf_or_nan(dty
     limit = torch.finfo(dtype).max
     stored = to_storage(torch.tensor([3.0 * limit, -3.0 * limit, 1.0]), dtype).to(torch.float32)
     assert stored.tolist() == [limit, -limit, 1.0]
+
+
+def comfy_get_key_weight(model: torch.nn.Module, key: str):
+    """What ComfyUI 0.33's `comfy/model_patcher.py` `get_key_weight` reads of a castable layer: `op.weight` and
+    `op.bias` of the module that owns `key` (an AttributeError there failed every model load)."""
+    op = model.get_submodule(key.rsplit(".", 1)[0])
+    return getattr(op, key.rsplit(".", 1)[1])
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_wan_transformer("i2v"), lambda: tiny_sana_transformer("4k"),
+                                   lambda: tiny_umt5(64), lambda: tiny_gemma2(64)])
+def test_layers_comfyui_loads_as_castable_are_shaped_like_its_own(build):
+    from sana_wan.loaders.cast_layers import ComfyCastable, install
+
+    model = install(build())
+    castable = {name: m for name, m in model.named_modules() if hasattr(m, "comfy_cast_weights")}
+    others = [m for m in model.modules() if isinstance(m, CastOnCall) and not hasattr(m, "comfy_cast_weights")]
+    assert castable  # Linear / Conv / Embedding / norm layers with a weight and a bias or none
+    for name, module in castable.items():
+        assert isinstance(module, ComfyCastable)
+        assert isinstance(comfy_get_key_weight(model, f"{name}.weight"), torch.nn.Parameter)
+        bias = comfy_get_key_weight(model, f"{name}.bias")
+        assert bias is None or isinstance(bias, torch.Tensor)
+    for module in others:  # norms with a gamma or a float bias, modulation tables, RoPE buffers: plain modules
+        own = {name for name, t in [*module._parameters.items(), *module._buffers.items()] if t is not None}
+        assert own - {"weight", "bias"} or not isinstance(getattr(module, "weight", None), torch.nn.Parameter) or \
+            not isinstance(getattr(module, "bias", None), (torch.Tensor, type(None)))
+
+
+def test_a_layer_without_bias_reads_as_none_and_other_attributes_still_raise():
+    from sana_wan.loaders.cast_layers import install
+
+    model = install(torch.nn.Sequential(torch.nn.Embedding(4, 3), torch.nn.Linear(3, 2, bias=False)))
+    assert model[0].bias is None and model[1].bias is None
+    with pytest.raises(AttributeError, match="no_such"):
+        model[0].no_such
+
+
+def test_a_managed_fetch_supplies_weight_and_bias_and_is_released_after_the_call():
+    from sana_wan.loaders.cast_layers import install
+
+    layer = torch.nn.Linear(3, 2)
+    fetched, released = [], []
+
+    def fetch(module, device):
+        fetched.append(device)
+        return {"weight": weight * 2, "bias": torch.zeros(2)}, lambda: released.append(1)
+
+    x, weight = torch.randn(4, 3), layer.weight.detach().clone()
+    expected = x @ (weight * 2).T
+    install(layer.to(META), fetch=fetch)  # weights held elsewhere: the call on the CPU fetches them
+    out = layer(x)
+    assert fetched == [torch.device("cpu")] and released == [1]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert layer.weight.is_meta and layer.bias.is_meta  # the layer's own tensors are as they were

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils import _pytree as pytree  # noqa: E402
 
 from sana_wan import comfy_bridge as bridge  # noqa: E402
-from sana_wan.loaders.cast_layers import SCALE  # noqa: E402
+from sana_wan.loaders.cast_layers import SCALE, to_storage  # noqa: E402
 from sana_wan.loaders.sana_transformer import load_sana_transformer  # noqa: E402
 from sana_wan.loaders.storage import STORAGE_DTYPES, stored_layers  # noqa: E402
 from sana_wan.loaders.wan_transformer import load_wan_transformer  # noqa: E402
@@ -71,6 +71,18 @@ def weight_patches(model):
             for name, layer in stored_layers(model).items()}
 
 
+def exactly_patched(load, path, storage, stored_model):
+    """The float32 model whose stored layers hold the stored (rounded) weights plus their patch, in float32: what a
+    patch on stored weights computes with no rounding back to the storage dtype."""
+    model, _ = load(path, torch.float32, None)
+    layers = stored_layers(model)
+    for key, (_, (diff,)) in weight_patches(stored_model).items():
+        layer = layers[key.removeprefix("module.").removesuffix(".weight")]
+        stored = to_storage(layer.weight.detach(), STORAGE_DTYPES[storage]).to(torch.float32)
+        layer.weight = torch.nn.Parameter(stored + diff, requires_grad=False)
+    return model
+
+
 def partially(patcher, device=CPU):
     patcher.detach()
     patcher.load(device, lowvram_model_memory=patcher.model_size() // 3)
@@ -94,6 +106,8 @@ def run(name, family, path, storage):
     tensors[f"{name}.patched_partial"] = forward(family, partially(patched.patcher))
     patched.patcher.detach()
     tensors[f"{name}.again"] = forward(family, handle.load())
+    if storage:
+        tensors[f"{name}.patched_exact"] = forward(family, exactly_patched(load, path, storage, model))
     mixes = DeviceMixes()
     module = partially(patcher, META)
     with mixes:

@@ -38,10 +38,14 @@ def test_comfyui_partial_loads_equal_full_loads(tmp_path):
         full = out[f"{name}.full"]
         assert torch.equal(out[f"{name}.partial"], full), name
         patched_full, patched_partial = out[f"{name}.patched_full"], out[f"{name}.patched_partial"]
-        # As for ComfyUI's own fp8 models: a patched layer it loads is rounded back to fp8 (stochastically), one it
-        # left offloaded is patched in the compute dtype; scaled fp8 layers round back in both cases (set_weight).
-        tolerance = 0.15 if name == "sana_fp8" else 1e-6
-        assert (patched_partial - patched_full).abs().max() <= tolerance * full.abs().max(), name
+        if name == "sana_fp8":
+            # As for ComfyUI's own fp8 models: a patched layer it loads is rounded back to fp8 (stochastically: its
+            # random draws differ between versions), one it left offloaded is patched in the compute dtype without
+            # rounding. So the partial load is no further from the unrounded patch than the full load is.
+            exact = out[f"{name}.patched_exact"]
+            assert (patched_partial - exact).abs().max() <= (patched_full - exact).abs().max(), name
+        else:  # scaled fp8 layers round back in both cases (set_weight), as the full load does
+            assert (patched_partial - patched_full).abs().max() <= 1e-6 * full.abs().max(), name
         assert (patched_full - full).abs().max() > 1e-2 * full.abs().max(), f"{name}: the patches change the output"
         assert torch.equal(out[f"{name}.again"], full), f"{name}: the base weights are restored"
         assert result["meta_mixes"] == [] and result["meta_output"] == "meta", name
