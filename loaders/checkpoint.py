@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from . import comfy_quant
 from .gguf import GGUF_EXT, gguf_shapes, read_gguf, tensor_shape
 
 SAFETENSORS_EXT = (".safetensors", ".sft")
@@ -164,8 +165,8 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"'{path}' is not a file.")
     lower = path.lower()
     if lower.endswith(SAFETENSORS_EXT):
-        read_safetensors_header(path)
-        return load_file(path)
+        header = read_safetensors_header(path)
+        return comfy_quant.as_scaled_fp8(load_file(path), header.get("__metadata__", {}), os.path.basename(path))
     if lower.endswith(PICKLE_EXT):
         return _load_pickle(path)
     if lower.endswith(GGUF_EXT):
@@ -179,10 +180,24 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
 def checkpoint_keys(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """key -> (shape, dtype) without reading tensor data where the format allows (safetensors, GGUF)."""
     if path.lower().endswith(SAFETENSORS_EXT):
-        return safetensors_shapes(path)
+        return _quantised_as_scaled_fp8(path, safetensors_shapes(path))
     if path.lower().endswith(GGUF_EXT):
         return gguf_shapes(path)
     return {k: (tuple(v.shape), v.dtype) for k, v in load_state_dict(path).items()}
+
+
+def _quantised_as_scaled_fp8(path: str, shapes: dict) -> dict:
+    """The keys of a file in ComfyUI's quantised-layer format as `load_state_dict` gives them (comfy_quant.py),
+    reading only the small per-layer format tensors."""
+    metadata = read_safetensors_header(path).get("__metadata__", {})
+    if not comfy_quant.is_quantised(shapes, metadata):
+        return shapes
+    with safe_open(path, "pt") as f:
+        formats = comfy_quant.layer_formats(shapes, metadata, f.get_tensor, os.path.basename(path))
+    out = {new: shapes[key] for key, new in comfy_quant.scaled_fp8_names(shapes, formats).items() if new is not None}
+    if formats:
+        out[comfy_quant.SCALED_FP8_MARKER] = ((0,), comfy_quant.marker_dtype(formats))
+    return out
 
 
 def safetensors_metadata(path: str) -> dict[str, str]:

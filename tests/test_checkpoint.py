@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from sana_wan.loaders.checkpoint import (
-    load_folder_state_dict, load_state_dict, read_safetensors_header, safetensors_shapes, strip_prefix,
+    checkpoint_keys, load_folder_state_dict, load_state_dict, read_safetensors_header, safetensors_shapes,
+    strip_prefix,
 )
 from sana_wan.loaders.detect import detect_family
 
@@ -181,3 +182,34 @@ def test_random_corruption_of_a_header_is_a_clear_error_or_a_good_file(tmp_path)
             except ValueError:
                 outcomes.add("refused")
     assert outcomes == {"loaded", "refused"}
+
+
+def _quant_conf(conf) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
+
+
+def test_comfyui_quantised_layer_files_read_as_scaled_fp8_in_full_and_by_header(tmp_path):
+    path = str(tmp_path / "q.safetensors")
+    weight = torch.randn(4, 4).to(torch.float8_e5m2)
+    save_file({"a.weight": weight, "a.weight_scale": torch.tensor(0.5), "a.input_scale": torch.tensor(2.0),
+               "a.comfy_quant": _quant_conf({"format": "float8_e5m2"}), "b.weight": torch.ones(3)}, path)
+    state_dict = load_state_dict(path)
+    assert set(state_dict) == {"a.weight", "a.scale_weight", "a.scale_input", "b.weight", "scaled_fp8"}
+    assert torch.equal(state_dict["a.weight"].float(), weight.float()) and state_dict["a.scale_weight"] == 0.5
+    assert state_dict["scaled_fp8"].dtype == torch.float8_e5m2
+    keys = checkpoint_keys(path)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in state_dict.items()} == keys
+
+
+@pytest.mark.parametrize("metadata, named", [
+    ({"_quantization_metadata": json.dumps({"layers": {"a": {"format": "mxfp8"}}})}, "mxfp8"),
+    ({"_quantization_metadata": "{not json"}, "unreadable ComfyUI quantisation metadata"),
+    ({"_quantization_metadata": json.dumps({"layers": {"a": {}}})}, "unreadable ComfyUI quantisation metadata"),
+])
+def test_quantised_formats_the_pack_cannot_compute_or_read_are_refused_by_name(tmp_path, metadata, named):
+    path = str(tmp_path / "q.safetensors")
+    save_file({"a.weight": torch.zeros(2, 2, dtype=torch.uint8), "a.weight_scale": torch.tensor(1.0)}, path,
+              metadata=metadata)
+    for read in (load_state_dict, checkpoint_keys):
+        with pytest.raises(ValueError, match=named):
+            read(path)
