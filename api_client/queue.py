@@ -101,11 +101,15 @@ def submit(server: str, graph: dict, client_id: str) -> str:
 
 
 def follow(server: str, graph: dict, on_progress: Callable[[str, int, int], None], timeout: float) -> str:
-    """Submit and wait on /ws until the prompt ends; returns its id. PromptError on a node error or an interrupt,
-    ServerError when the server is not ComfyUI, goes away, or the prompt is not done within `timeout` seconds."""
-    import websocket
+    """Submit and wait until the prompt ends; returns its id. PromptError on a node error or an interrupt,
+    ServerError when the server is not ComfyUI, goes away, or the prompt is not done within `timeout` seconds.
 
+    Progress comes from /ws with websocket-client; without it, /history is polled (no progress)."""
     check_server(server)
+    try:
+        import websocket
+    except ImportError:
+        return _follow_history(server, graph, timeout)
     deadline = time.monotonic() + timeout
     client_id = uuid.uuid4().hex
     try:
@@ -121,17 +125,50 @@ def follow(server: str, graph: dict, on_progress: Callable[[str, int, int], None
             if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue
             kind = message.get("type")
+            _raise_on_failure(kind, data)
             if kind == "progress":
                 on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 1)))
-            elif kind == "execution_error":
-                raise PromptError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                                  f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}")
-            elif kind == "execution_interrupted":
-                raise PromptError("the prompt was interrupted")
             elif kind == "executing" and data.get("node") is None:
                 return prompt_id
     finally:
         ws.close()
+
+
+def _raise_on_failure(kind: str | None, data: dict) -> None:
+    if kind == "execution_error":
+        raise PromptError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                          f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}")
+    if kind == "execution_interrupted":
+        raise PromptError("the prompt was interrupted")
+
+
+def _timed_out(prompt_id: str, timeout: float, server: str) -> ServerError:
+    return ServerError(f"prompt {prompt_id} did not finish within {timeout:g} s (--timeout); it is still in ComfyUI's "
+                       f"queue at {server}")
+
+
+def _lost(server: str, prompt_id: str, why: str) -> ServerError:
+    return ServerError(f"the connection to ComfyUI at {server} was lost before prompt {prompt_id} finished ({why}); "
+                       "did the server stop?")
+
+
+def _follow_history(server: str, graph: dict, timeout: float) -> str:
+    """Submit, then read /history/<id> until the prompt is there (ComfyUI adds it when the prompt has ended)."""
+    deadline = time.monotonic() + timeout
+    prompt_id = submit(server, graph, uuid.uuid4().hex)
+    while True:
+        try:
+            entry = _json(_request(f"{server}/history/{prompt_id}"), f"{server}/history").get(prompt_id)
+        except ServerError as e:
+            raise _lost(server, prompt_id, str(e)) from e
+        if isinstance(entry, dict):
+            for message in (entry.get("status") or {}).get("messages", []):
+                if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
+                    _raise_on_failure(message[0], message[1])
+            return prompt_id
+        if time.monotonic() >= deadline:
+            raise _timed_out(prompt_id, timeout, server)
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def _receive(ws, deadline: float, server: str, prompt_id: str, timeout: float) -> dict:
@@ -141,21 +178,18 @@ def _receive(ws, deadline: float, server: str, prompt_id: str, timeout: float) -
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ServerError(f"prompt {prompt_id} did not finish within {timeout:g} s (--timeout); it is still in "
-                              f"ComfyUI's queue at {server}")
+            raise _timed_out(prompt_id, timeout, server)
         ws.settimeout(remaining)
         try:
             raw = ws.recv()
         except (websocket.WebSocketTimeoutException, TimeoutError):
             continue  # the deadline check above ends it
         except (websocket.WebSocketException, OSError) as e:
-            raise ServerError(f"the connection to ComfyUI at {server} was lost before prompt {prompt_id} finished "
-                              f"({_reason(e)}); did the server stop?") from e
+            raise _lost(server, prompt_id, _reason(e)) from e
         if isinstance(raw, bytes):
             continue
         if not raw:  # a close frame
-            raise ServerError(f"ComfyUI at {server} closed the connection before prompt {prompt_id} finished; "
-                              "did the server stop?")
+            raise _lost(server, prompt_id, "the server closed the socket")
         return _json(raw.encode(), f"{server}/ws")
 
 

@@ -64,7 +64,10 @@ class FakeComfyUI:
                 if route.path == "/ws":
                     return self._websocket()
                 if route.path == f"/history/{PROMPT_ID}":
-                    return self._send(200, json.dumps(fake.history()).encode())
+                    if fake.ending == "die":
+                        self.close_connection = True
+                        return self.connection.shutdown(2)  # no answer at all
+                    return self._send(200, json.dumps(fake.history() if fake.ending == "done" else {}).encode())
                 if route.path == "/view":
                     query = dict(urllib.parse.parse_qsl(route.query))
                     key = "/".join(p for p in (query.get("subfolder"), query["filename"]) if p)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -43,6 +44,14 @@ def test_parse_value():
 
 # The command line against a stand-in server (tests/fake_comfyui.py); the real ComfyUI: tests/integration.
 
+
+@pytest.fixture(params=["websocket", "polling"])
+def transport(request, monkeypatch):
+    """Following a prompt on /ws (websocket-client installed) or by polling /history (not installed)."""
+    if request.param == "polling":
+        monkeypatch.setitem(sys.modules, "websocket", None)  # `import websocket` raises ImportError
+    return request.param
+
 def _cli(server_url, out, *extra):
     from sana_wan.api_client.cli import main
 
@@ -58,7 +67,7 @@ def _error_line(capsys) -> str:
     return last
 
 
-def test_outputs_keep_their_subfolders_and_never_replace_a_file(tmp_path, capsys):
+def test_outputs_keep_their_subfolders_and_never_replace_a_file(tmp_path, capsys, transport):
     from fake_comfyui import FakeComfyUI
 
     outputs = {"sana_00001_.png": b"top", "day1/sana_00001_.png": b"in a subfolder"}
@@ -103,7 +112,7 @@ def test_no_server_is_one_line(tmp_path, capsys):
     assert f"cannot reach {url}/system_stats" in _error_line(capsys)
 
 
-def test_a_prompt_that_does_not_finish_in_time_is_one_line(tmp_path, capsys):
+def test_a_prompt_that_does_not_finish_in_time_is_one_line(tmp_path, capsys, transport):
     from fake_comfyui import PROMPT_ID, FakeComfyUI
 
     with FakeComfyUI("never") as server:
@@ -111,7 +120,7 @@ def test_a_prompt_that_does_not_finish_in_time_is_one_line(tmp_path, capsys):
     assert f"prompt {PROMPT_ID} did not finish within 1.5 s (--timeout)" in _error_line(capsys)
 
 
-def test_a_server_that_dies_mid_run_is_one_line(tmp_path, capsys):
+def test_a_server_that_dies_mid_run_is_one_line(tmp_path, capsys, transport):
     from fake_comfyui import PROMPT_ID, FakeComfyUI
 
     with FakeComfyUI("die") as server:
