@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sana_wan.video.mp4 import write_mp4
+from pack_source import module
+
+write_mp4 = module("video/mp4.py").write_mp4
 
 INPUT_VIDEO = "input_video.mp4"
 INPUT_IMAGE = "input_image.png"

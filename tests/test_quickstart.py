@@ -1,12 +1,18 @@
-"""scripts/quickstart.py prepares a ComfyUI checkout: pack linked, requirements installed, tiny models placed."""
+"""scripts/quickstart.py prepares a ComfyUI checkout: pack linked, requirements installed, tiny models and inputs
+placed for every example's tiny twin; it runs from a Python without torch."""
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADER_FOLDERS = {"model_name": ("diffusion_models", "text_encoders"), "vae_name": ("vae",),
+                  "controlnet_name": ("controlnet",), "lora_name": ("loras",), "image": ("../input",),
+                  "file": ("../input",)}
 
 
 def _quickstart():
@@ -16,23 +22,56 @@ def _quickstart():
     return module
 
 
-def test_tiny_setup_links_the_pack_and_places_loadable_models(tmp_path, capsys):
+def _fake_comfyui(tmp_path):
     comfyui = tmp_path / "ComfyUI"
     (comfyui / "custom_nodes").mkdir(parents=True)
     (comfyui / "main.py").write_text("")
+    return comfyui
+
+
+def test_tiny_setup_places_every_file_the_tiny_twins_load(tmp_path, capsys):
+    comfyui = _fake_comfyui(tmp_path)
     assert _quickstart().main(["--comfyui", str(comfyui), "--python", sys.executable, "--tiny", "--no-start"]) == 0
     assert os.path.realpath(comfyui / "custom_nodes" / "comfyui-sana-wan") == ROOT
-    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES
-
-    from sana_wan.loaders.sana_transformer import load_sana_transformer
-    from sana_wan.loaders.wan_transformer import load_wan_transformer
     models = comfyui / "models"
+    twins = sorted(os.listdir(os.path.join(ROOT, "workflows", "tiny")))
+    assert twins == sorted(os.listdir(os.path.join(ROOT, "workflows", "api"))), "a tiny twin for every example"
+    for twin in twins:
+        for node_id, node in json.load(open(os.path.join(ROOT, "workflows", "tiny", twin))).items():
+            for name, value in node["inputs"].items():
+                if name in LOADER_FOLDERS and isinstance(value, str):
+                    assert any((models / folder / value).exists() for folder in LOADER_FOLDERS[name]), \
+                        f"{twin}: node {node_id} loads {value}"
+    from sana_wan.loaders.sana_transformer import load_sana_transformer
+    from tiny_models import SANA_SPRINT_FILE
+
     assert load_sana_transformer(str(models / "diffusion_models" / SANA_SPRINT_FILE))[1].is_sprint
-    assert load_wan_transformer(str(models / "diffusion_models" / WAN_FILES["transformer"]))[0] is not None
-    for folder, name in (("text_encoders", SANA_FILES["text_encoder"]), ("vae", WAN_FILES["vae"])):
-        assert (models / folder / name).is_file()
-    assert sorted(os.listdir(models)) == ["diffusion_models", "text_encoders", "vae"], "nothing else in models/"
-    assert "tiny demo models" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "] tiny demo models and sample inputs written" in out, "each step is timed"
+
+
+def test_the_examples_inputs_are_written_too(tmp_path):
+    """The UI examples (real models) find their input files in ComfyUI's input folder after --tiny."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tiny_demo.py"), "--models", str(tmp_path / "m"),
+                    "--input", str(tmp_path / "in")], check=True, capture_output=True)
+    for name in ("input_image.png", "input_video.mp4", "control_video.mp4", "reference.png", "sana_controlnet_hed.png"):
+        assert (tmp_path / "in" / name).is_file(), name
+
+
+def test_runs_without_torch():
+    """Plain `python scripts/quickstart.py`: nothing that needs torch is imported in the script's own process."""
+    probe = ("import sys; sys.path.insert(0, 'scripts'); import quickstart; "
+             "assert not {'torch', 'diffusers', 'sana_wan'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True)
+
+
+def test_a_python_without_torch_is_refused_with_the_remedy(tmp_path):
+    comfyui = _fake_comfyui(tmp_path)
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'No module named torch' >&2\nexit 1\n")
+    python.chmod(0o755)
+    with pytest.raises(SystemExit, match="cannot import torch, so it is not ComfyUI's Python"):
+        _quickstart().main(["--comfyui", str(comfyui), "--python", str(python), "--no-start"])
 
 
 def test_refuses_a_folder_that_is_not_comfyui(tmp_path):
@@ -41,9 +80,7 @@ def test_refuses_a_folder_that_is_not_comfyui(tmp_path):
 
 
 def test_without_models_it_lists_the_real_files_and_where_they_go(tmp_path, capsys):
-    comfyui = tmp_path / "ComfyUI"
-    (comfyui / "custom_nodes").mkdir(parents=True)
-    (comfyui / "main.py").write_text("")
+    comfyui = _fake_comfyui(tmp_path)
     assert _quickstart().main(["--comfyui", str(comfyui), "--python", sys.executable, "--no-start"]) == 0
     out = capsys.readouterr().out
     models = comfyui / "models"
@@ -53,9 +90,7 @@ def test_without_models_it_lists_the_real_files_and_where_they_go(tmp_path, caps
 
 
 def test_download_passes_allow_unverified_on(tmp_path, monkeypatch):
-    comfyui = tmp_path / "ComfyUI"
-    (comfyui / "custom_nodes").mkdir(parents=True)
-    (comfyui / "main.py").write_text("")
+    comfyui = _fake_comfyui(tmp_path)
     quickstart = _quickstart()
     calls = []
     monkeypatch.setattr(quickstart.fetch_models, "fetch", lambda *args: calls.append(args) or [])

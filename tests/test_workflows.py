@@ -1,5 +1,6 @@
 """The example workflows use this pack's nodes as they are declared: names, types, links, widget values."""
 
+import importlib.util
 import json
 import os
 
@@ -95,3 +96,17 @@ def test_ui_workflow_equals_its_api_twin(name):
         for name, value in zip(widget_names, values):
             if name in twin and not isinstance(twin[name], list):
                 assert value == twin[name], f"widget {name} of node {node['id']} {node['type']}"
+
+
+def test_tiny_twins_are_the_api_workflows_at_tiny_size():
+    """workflows/tiny/ is what `python scripts/tiny_demo.py --twins` writes from workflows/api/ (run it after editing
+    an example): every real file name replaced by the quick start's tiny one, small sizes, outputs under tiny/."""
+    spec = importlib.util.spec_from_file_location("tiny_demo", os.path.join(ROOT, "scripts", "tiny_demo.py"))
+    tiny_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_demo)
+    expected = tiny_demo.twins()
+    assert sorted(expected) == sorted(f.removesuffix(".json") for f in os.listdir(os.path.join(WORKFLOWS, "tiny")))
+    for name, graph in expected.items():
+        assert json.load(open(os.path.join(WORKFLOWS, "tiny", f"{name}.json"))) == graph, name
+        real_names = set(tiny_demo.tiny_names())
+        assert not [v for n in graph.values() for v in n["inputs"].values() if isinstance(v, str) and v in real_names]

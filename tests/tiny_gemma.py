@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import Gemma2Config, Gemma2ForCausalLM, GemmaTokenizer
 
-from sana_wan.text.sana_prompt import SANA_CHI
+from pack_source import constant
+
+SANA_CHI = constant("text/sana_prompt.py", "SANA_CHI")
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on the moon, 4k, highly detailed",

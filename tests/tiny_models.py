@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 from diffusers import AutoencoderKLWan
 from safetensors.torch import save_file
@@ -80,6 +81,26 @@ def write_wan_files(models: dict, directory: str) -> dict:
                                            os.path.join(directory, "umt5"))["comfy_single"],
         "vae": write_wan_vae_layouts(models["vae"], os.path.join(directory, "wan_vae"))["comfy_safetensors"],
     }
+
+
+def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
+    """Every tiny model the example workflows load, under the names above, in ComfyUI's folders below `models_dir`:
+    Sana and Sana-Sprint with Gemma-2 and DC-AE, a Sana ControlNet (its control image in `input_dir`), Wan2.1 T2V and
+    VACE with UMT5 and the Wan VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096, which native ComfyUI
+    hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
+    from tiny_lora import write_wan_loras
+    from tiny_sana_controlnet import write_integration_files
+    from tiny_wan_vace import WAN_VACE_FILE, tiny_vace_transformer, write_vace_layouts
+
+    with tempfile.TemporaryDirectory() as layouts:  # every layout is written; one of each is placed
+        place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, models_dir)
+        sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
+        shutil.copy(sprint, os.path.join(models_dir, "diffusion_models", SANA_SPRINT_FILE))
+        place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, models_dir)
+        vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
+        shutil.copy(vace["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_VACE_FILE))
+    write_integration_files(os.path.join(models_dir, "controlnet"), input_dir)
+    write_wan_loras(os.path.join(models_dir, "loras"))
 
 
 def real_size_wan_vae_file(path: str) -> str:

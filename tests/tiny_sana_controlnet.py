@@ -94,18 +94,22 @@ def write_controlnet_layouts(controlnet: SanaControlNetModel, base_transformer, 
     return paths
 
 
+def edge_map(width: int, height: int) -> Image.Image:
+    """A white rectangle outline on black, like an HED edge map."""
+    edges = np.zeros((height, width, 3), dtype=np.uint8)
+    edges[height // 4:3 * height // 4, [width // 4, 3 * width // 4]] = 255
+    edges[[height // 4, 3 * height // 4], width // 4:3 * width // 4 + 1] = 255
+    return Image.fromarray(edges)
+
+
 def write_integration_files(controlnet_dir: str, input_dir: str) -> None:
     """A one-block ControlNet that fits tiny_models' Sana set (2 blocks, 64 wide), in the original layout, and a
-    control image of CONTROL_IMAGE_SIZE (a white outline on black, like an edge map)."""
+    control image of CONTROL_IMAGE_SIZE."""
     controlnet = tiny_sana_controlnet(seed=9, num_layers=1)
     base = tiny_sana_transformer("base", seed=10, in_channels=32, out_channels=32, caption_channels=64)
     os.makedirs(controlnet_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as layouts:
         paths = write_controlnet_layouts(controlnet, base, layouts)
         shutil.copy(paths["original_pth"], os.path.join(controlnet_dir, CONTROLNET_FILE))
-    width, height = CONTROL_IMAGE_SIZE
-    edges = np.zeros((height, width, 3), dtype=np.uint8)
-    edges[height // 4:3 * height // 4, [width // 4, 3 * width // 4]] = 255
-    edges[[height // 4, 3 * height // 4], width // 4:3 * width // 4 + 1] = 255
     os.makedirs(input_dir, exist_ok=True)
-    Image.fromarray(edges).save(os.path.join(input_dir, CONTROL_IMAGE))
+    edge_map(*CONTROL_IMAGE_SIZE).save(os.path.join(input_dir, CONTROL_IMAGE))

@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from sana_wan.text.wan_prompt import WAN_DEFAULT_NEGATIVE
+from pack_source import constant
+
+WAN_DEFAULT_NEGATIVE = constant("text/wan_prompt.py", "WAN_DEFAULT_NEGATIVE")
 
 PROMPTS = [
     "A cat walks on the grass, realistic style, close-up shot",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -145,27 +144,12 @@ def run_comfy_job(script: str, job: dict, folder) -> None:
 def comfy_models_dir(tmp_path_factory):
     _require_comfyui()  # before writing models nobody would use
     from sample_media import write_sample_inputs
-    from tiny_lora import write_wan_loras
-    from tiny_sana_controlnet import write_integration_files
-    from tiny_wan_vace import WAN_VACE_FILE, tiny_vace_transformer, write_vace_layouts
-    from tiny_models import (
-        SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, place_in_comfy_folders, real_size_wan_vae_file, tiny_sana_set,
-        tiny_wan_set, write_sana_files, write_wan_files,
-    )
+    from tiny_models import real_size_wan_vae_file, write_all_in_comfy_folders
 
     root = str(tmp_path_factory.mktemp("comfy_models"))
-    layouts = os.path.join(root, "_layouts")
-    place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, root)
-    sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
-    shutil.copy(sprint, os.path.join(root, "diffusion_models", SANA_SPRINT_FILE))
-    # 4096-wide text (UMT5-XXL's width) so native ComfyUI, which hard-codes it, can load the tiny Wan transformer.
-    place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, root)
+    write_all_in_comfy_folders(root, os.path.join(root, INPUT_FOLDER))
     real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))
-    vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
-    shutil.copy(vace["comfy_prefixed"], os.path.join(root, "diffusion_models", WAN_VACE_FILE))
     write_sample_inputs(os.path.join(root, INPUT_FOLDER), *INPUT_SIZE)
-    write_integration_files(os.path.join(root, "controlnet"), os.path.join(root, INPUT_FOLDER))
-    write_wan_loras(os.path.join(root, "loras"))
     return root
 
 
