@@ -13,6 +13,7 @@ from ..loaders.sana_controlnet import load_sana_controlnet
 from ..vae.dcae import encode_dcae
 from .checks import declared_problems, verdict
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+from .progress import unit_progress
 
 FOLDERS = ("controlnet",)
 
@@ -92,7 +93,7 @@ class ApplySanaControlNet:
             raise ValueError(f"This VAE makes {channels}-channel latents, the ControlNet takes {expected}: use Sana's "
                              f"DC-AE.")
         with torch.inference_mode():
-            latent = encode_dcae(model, image) * model.config.scaling_factor
+            latent = encode_dcae(model, image, progress=unit_progress()[0]) * model.config.scaling_factor
         control = SanaControl(controlnet, latent, (image.shape[2], image.shape[1]), strength, start_percent,
                               end_percent)
         return (attach_control(positive, control), attach_control(negative, control))

@@ -11,6 +11,7 @@ from ..samplers.latents import check_frame_count
 from ..vae.dcae import dcae_decode_memory, decode_dcae, encode_dcae
 from ..vae.wan import decode_wan, encode_wan, wan_decode_memory
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
+from .progress import unit_progress
 
 FOLDERS = ("vae",)
 
@@ -69,7 +70,8 @@ class DCAEDecode:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
         model, tiling = _load_for_decode(vae, samples["samples"].shape, tiling, tile_size, dcae_decode_memory)
         with torch.inference_mode():
-            images = decode_dcae(model, samples["samples"], tiling, tile_size, tile_overlap)
+            images = decode_dcae(model, samples["samples"], tiling, tile_size, tile_overlap,
+                                 progress=unit_progress()[0])
         return (images,)
 
 
@@ -86,7 +88,7 @@ class DCAEEncode:
     def encode(self, vae, image):
         model = vae.load()
         with torch.inference_mode():
-            latents = encode_dcae(model, image)
+            latents = encode_dcae(model, image, progress=unit_progress()[0])
         return ({"samples": latents.to(bridge.intermediate_device())},)
 
 
@@ -133,7 +135,8 @@ class WanVAEDecode:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
         model, tiling = _load_for_decode(vae, samples["samples"].shape, tiling, tile_size, wan_decode_memory)
         with torch.inference_mode():
-            frames = decode_wan(model, samples["samples"], tiling, tile_size, tile_overlap)
+            frames = decode_wan(model, samples["samples"], tiling, tile_size, tile_overlap,
+                                progress=unit_progress()[0])
         return (frames, frames.shape[0] // samples["samples"].shape[0])
 
 
@@ -151,7 +154,7 @@ class WanVAEEncode:
         check_frame_count(frames.shape[0])
         model = vae.load()
         with torch.inference_mode():
-            latents = encode_wan(model, frames)
+            latents = encode_wan(model, frames, progress=unit_progress()[0])
         return ({"samples": latents.to(bridge.intermediate_device())},)
 
 

@@ -11,6 +11,7 @@ from ..samplers.conditioning import make_conditioning
 from ..text.sana_prompt import encode_sana_prompt
 from ..text.wan_prompt import WAN_DEFAULT_NEGATIVE, encode_wan_prompt
 from .options import loader_inputs, resolve_load
+from .progress import unit_progress
 
 FOLDERS = ("text_encoders",)
 
@@ -55,9 +56,10 @@ class SanaTextEncode:
         encoder = text_encoder.load()
         tokenizer = text_encoder.info["tokenizer"]
         out = bridge.intermediate_device()
+        first, second = unit_progress(2)
         with torch.inference_mode():
-            positive = encode_sana_prompt(encoder, tokenizer, [prompt])
-            negative = encode_sana_prompt(encoder, tokenizer, [negative_prompt], negative=True)
+            positive = encode_sana_prompt(encoder, tokenizer, [prompt], progress=first)
+            negative = encode_sana_prompt(encoder, tokenizer, [negative_prompt], negative=True, progress=second)
         return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
 
 
@@ -108,9 +110,10 @@ class WanTextEncode:
         encoder = text_encoder.load()
         tokenizer = text_encoder.info["tokenizer"]
         out = bridge.intermediate_device()
+        first, second = unit_progress(2)
         with torch.inference_mode():
-            positive = encode_wan_prompt(encoder, tokenizer, prompts)
-            negative = encode_wan_prompt(encoder, tokenizer, [negative_prompt])
+            positive = encode_wan_prompt(encoder, tokenizer, prompts, progress=first)
+            negative = encode_wan_prompt(encoder, tokenizer, [negative_prompt], progress=second)
         return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
 
 

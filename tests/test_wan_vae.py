@@ -256,7 +256,7 @@ def test_decode_matches_the_pipeline(vae):
     assert frames.shape == (2 * 9, 32, 40, 3) and frames.dtype == torch.float32 and frames.device.type == "cpu"
     for i in range(2):
         assert torch.equal(frames[9 * i : 9 * (i + 1)], _pipeline_decode(vae, model_latents[i : i + 1]))
-    assert calls == [(1, 2), (2, 2)]
+    assert calls == [(done, 6) for done in range(1, 7)], "one unit per latent frame of each video"
 
 
 @pytest.mark.parametrize("latent_frames, frames", [(1, 1), (2, 5), (4, 13)])

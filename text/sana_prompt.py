@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..loaders.cast_layers import execution_device
+from ..work_units import Progress, counted_calls
 
 # diffusers' default `complex_human_instruction` of `SanaPipeline.__call__` (diffusers 0.42,
 # pipelines/sana/pipeline_sana.py), with its single quotes around 'Enhanced prompt'. Data, copied verbatim.
@@ -51,11 +52,13 @@ def _chi_length(tokenizer, chi: str, max_sequence_length: int) -> int:
 
 
 def encode_sana_prompt(text_encoder, tokenizer, prompts: list[str], negative: bool = False,
-                       max_sequence_length: int = 300, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       max_sequence_length: int = 300, device=None,
+                       progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings [B, L, D] (the encoder's dtype, on `device`) and attention mask [B, L] of Sana prompts.
 
     `device` defaults to the text encoder's; the caller moves the results where the sampler needs them.
     Positive: CHI prefix and select_index, L = max_sequence_length. Negative: no CHI, L = max_sequence_length.
+    `progress(done, total)` runs after each decoder layer (work_units); what it raises stops the encode there.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     device = execution_device(text_encoder) if device is None else torch.device(device)
@@ -66,7 +69,8 @@ def encode_sana_prompt(text_encoder, tokenizer, prompts: list[str], negative: bo
         chi = "\n".join(SANA_CHI)
         input_ids, mask = _tokenize(tokenizer, [chi + t for t in texts], _chi_length(tokenizer, chi, max_sequence_length))
     mask = mask.to(device)
-    with torch.no_grad():
+    layers = text_encoder.layers
+    with torch.no_grad(), counted_calls(layers, len(layers), progress):
         embeds = text_encoder(input_ids.to(device), attention_mask=mask)[0].to(dtype=text_encoder.dtype)
     if not negative:
         keep = select_index(max_sequence_length)

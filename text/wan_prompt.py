@@ -13,6 +13,7 @@ import regex
 import torch
 
 from ..loaders.cast_layers import execution_device
+from ..work_units import Progress, counted_calls
 
 # The original Wan2.1 release's default negative prompt, used when none is given: `sample_neg_prompt` in
 # Wan-Video/Wan2.1 wan/configs/shared_config.py (commit 9737cba). ComfyUI's Wan templates use the same text;
@@ -45,17 +46,19 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tenso
 
 
 def encode_wan_prompt(text_encoder, tokenizer, prompts: list[str], max_sequence_length: int = WAN_TEXT_LENGTH,
-                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      device=None, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings [B, L, D] (the encoder's dtype, on `device`) and attention mask [B, L] int64 of Wan prompts.
 
     L = max_sequence_length. `device` defaults to the text encoder's. Embeddings past each prompt's length are
     exactly zero; the mask says which positions are the prompt's (CONDITIONING's `attention_mask`).
+    `progress(done, total)` runs after each encoder block (work_units); what it raises stops the encode there.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     encoder_device = execution_device(text_encoder)
     device = encoder_device if device is None else torch.device(device)
     input_ids, mask = _tokenize(tokenizer, [clean_prompt(p) for p in prompts], max_sequence_length)
-    with torch.no_grad():
+    blocks = text_encoder.encoder.block
+    with torch.no_grad(), counted_calls(blocks, len(blocks), progress):
         hidden = text_encoder(input_ids.to(encoder_device), mask.to(encoder_device)).last_hidden_state
     embeds = hidden.to(dtype=text_encoder.dtype, device=device)
     lengths = mask.sum(dim=1).to(device)

@@ -3,6 +3,9 @@
 Latents are the VAE's raw latent space (what `vae.decode` takes; ComfyUI's LATENT convention); images are
 ComfyUI's IMAGE, [B, H, W, 3] float32 in 0..1 on the CPU. Tiling and blending are diffusers' own
 (`AutoencoderDC.tiled_decode` / `tiled_encode`); this module only switches them on for one call.
+
+Progress and Cancel go by the blocks of the decoder's (encoder's) stages: a dozen or more units per image or tile,
+so even a whole 4K image stops soon after Cancel.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import torch
 from diffusers import AutoencoderDC
 
 from ..loaders.cast_layers import execution_device
-from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
+from ..work_units import Progress, counted_calls
+from .tiling import decode_memory, one_at_a_time, tile_count, tiled_if_out_of_memory, tiling, wants_tiling
 
 # AutoencoderDC's `enable_tiling` also derives the tile size in latent cells from the pixel one.
 _DERIVED_TILING_STATE = ("tile_latent_min_height", "tile_latent_min_width")
@@ -37,15 +41,19 @@ def decode_dcae(vae: AutoencoderDC, latents: torch.Tensor, tile: str = "auto", t
     while one tile's does not. "on" and "auto" give the same images: diffusers never splits an image that fits in
     one tile.
     A whole-frame decode that runs out of memory is done again in tiles (logged).
-    `progress(done, total)` is called after each image.
+    `progress(done, total)` runs after each decoder block of each tile of each image (see work_units); what it
+    raises stops the decode there.
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    blocks = _stage_blocks(vae.decoder.up_blocks)
 
     def run(tiles: bool) -> torch.Tensor:
         with tiling(vae, tiles, tile_size, tile_overlap, _DERIVED_TILING_STATE):
-            return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+            units = latents.shape[0] * tile_count(vae, *latents.shape[-2:], ratio) * len(blocks)
+            with counted_calls(blocks, units, progress):
+                return one_at_a_time(latents, lambda z: _decode_one(vae, z))
 
     return tiled_if_out_of_memory(run, tiled, "DC-AE decode")
 
@@ -54,13 +62,22 @@ def encode_dcae(vae: AutoencoderDC, images: torch.Tensor, tile: str = "auto", ti
                 tile_overlap: int = 128, progress: Progress | None = None) -> torch.Tensor:
     """IMAGE [B, H, W, 3] in 0..1 -> raw latents [B, C, H/32, W/32] float32 on the CPU (for img2img).
 
-    Tiling as in `decode_dcae`, blended in latent space by diffusers' `tiled_encode`.
+    Tiling as in `decode_dcae`, blended in latent space by diffusers' `tiled_encode`; `progress` as there, per
+    encoder block.
     """
     _check_images(vae, images)
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(images.shape[1:3]), tile_size, tile_overlap, ratio)
+    blocks = _stage_blocks(vae.encoder.down_blocks)
     with tiling(vae, tiled, tile_size, tile_overlap, _DERIVED_TILING_STATE):
-        return one_at_a_time(images, lambda x: _encode_one(vae, x), progress)
+        units = images.shape[0] * tile_count(vae, *images.shape[1:3], 1) * len(blocks)
+        with counted_calls(blocks, units, progress):
+            return one_at_a_time(images, lambda x: _encode_one(vae, x))
+
+
+def _stage_blocks(stages: torch.nn.ModuleList) -> list[torch.nn.Module]:
+    """The blocks (and resamplers) of every stage, each called once per pass: the units of a decode / encode."""
+    return [block for stage in stages for block in stage]
 
 
 def _decode_one(vae: AutoencoderDC, latent: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """What the DC-AE and Wan decoders share: one call's tiling switch, tile option checks, one item at a time.
 
 Both use diffusers' own tiling (`enable_tiling` / `tiled_decode` / `tiled_encode`); this module only switches it on
-or off for one call and puts the VAE's tiling state back afterwards, whatever happened in between.
+or off for one call and puts the VAE's tiling state back afterwards, whatever happened in between, and counts the
+tiles diffusers will make (for progress).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,8 +21,6 @@ TILE_MODES = ("auto", "on", "off")
 # Every attribute diffusers' `enable_tiling` writes on every VAE, so one call's tiling never leaks into the next.
 _TILING_STATE = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
                  "tile_sample_stride_width")
-
-Progress = Callable[[int, int], None]
 
 
 def wants_tiling(tile: str, size: int, tile_size: int, tile_overlap: int, ratio: int) -> bool:
@@ -56,15 +56,20 @@ def tiling(vae, enabled: bool, tile_size: int, tile_overlap: int,
             setattr(vae, name, value)
 
 
-def one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                  progress: Progress | None) -> torch.Tensor:
+def tile_count(vae, height: int, width: int, ratio: int) -> int:
+    """How many tiles diffusers splits one image / frame into, inside `tiling`: `height` x `width` latent cells for
+    a decode (`ratio` = the VAE's spatial compression), pixels for an encode (`ratio` 1). One when tiling is off or
+    the frame fits one tile, as diffusers' `_decode` / `_encode` decide; else its `tiled_*` loops' tile count."""
+    if not vae.use_tiling or (height <= vae.tile_sample_min_height // ratio
+                              and width <= vae.tile_sample_min_width // ratio):
+        return 1
+    return (math.ceil(height / (vae.tile_sample_stride_height // ratio))
+            * math.ceil(width / (vae.tile_sample_stride_width // ratio)))
+
+
+def one_at_a_time(batch: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Bound memory to one item's activations (an image, a video), whatever the batch size."""
-    results = []
-    for index, item in enumerate(batch.split(1)):
-        results.append(fn(item))
-        if progress is not None:
-            progress(index + 1, batch.shape[0])
-    return torch.cat(results)
+    return torch.cat([fn(item) for item in batch.split(1)])
 
 
 def tiled_if_out_of_memory(run: Callable[[bool], torch.Tensor], tiled: bool, what: str) -> torch.Tensor:

@@ -12,17 +12,21 @@ The decoder is causal and runs one latent frame at a time with a feature cache (
 activations are one latent frame's (4 video frames) whatever the frame count; spatial tiles (diffusers' own
 `tiled_decode`, switched on for one call) bound them for large frames. Frames are ComfyUI's IMAGE: [F, H, W, 3]
 float32 in 0..1 on the CPU.
+
+Progress and Cancel go by the decoder's (encoder's) calls: one latent frame (frame chunk) of one tile each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from diffusers import AutoencoderKLWan
 
 from ..loaders.cast_layers import execution_device
-from .tiling import Progress, decode_memory, one_at_a_time, tiled_if_out_of_memory, tiling, wants_tiling
+from ..work_units import Progress, counted_calls
+from .tiling import decode_memory, one_at_a_time, tile_count, tiled_if_out_of_memory, tiling, wants_tiling
 
 # Wan2.1's per-channel latent statistics. No checkpoint file carries them; these are AutoencoderKLWan's defaults,
 # equal to ComfyUI's latent_formats.Wan21 and to the original wan/modules/vae.py.
@@ -84,41 +88,60 @@ def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto",
     slightly from whole ones (the middle block's attention and the convolutions' borders see one tile), and the
     decoded tiles of the whole video stay on the VAE's device until diffusers blends them.
     A whole-frame decode that runs out of memory is done again in tiles (logged).
-    `progress(done, total)` is called after each video.
+    `progress(done, total)` runs after each latent frame of each tile of each video (see work_units); what it raises
+    stops the decode there.
     """
     _check_latents(vae, latents)
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(latents.shape[-2:]) * ratio, tile_size, tile_overlap, ratio)
+    videos, latent_frames, height, width = latents.shape[0], *latents.shape[2:]
 
     def run(tiles: bool) -> torch.Tensor:
         with tiling(vae, tiles, tile_size, tile_overlap):
-            return one_at_a_time(latents, lambda z: _decode_one(vae, z), progress)
+            units = videos * latent_frames * tile_count(vae, height, width, ratio)
+            with counted_calls([vae.decoder], units, progress), _cache_cleared(vae):
+                return one_at_a_time(latents, lambda z: _decode_one(vae, z))
 
     return tiled_if_out_of_memory(run, tiled, "Wan VAE decode")
 
 
 def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", tile_size: int = 256,
-               tile_overlap: int = 64) -> torch.Tensor:
+               tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
     """IMAGE frames [F, H, W, 3] in 0..1 (F = 4n+1) -> raw latents [1, 16, n+1, H/8, W/8] float32 on the CPU.
 
     The posterior mean, as WanVideoToVideoPipeline (`sample_mode="argmax"`) and ComfyUI's VAE Encode take it.
-    Tiling as in `decode_wan`, blended in latent space by diffusers' `tiled_encode`.
+    Tiling as in `decode_wan`, blended in latent space by diffusers' `tiled_encode`. `progress(done, total)` runs
+    after each chunk (the first frame, then 4 frames at a time) of each tile; what it raises stops the encode.
     """
     _check_frames(vae, frames)
     # As diffusers' VideoProcessor.preprocess_video: 0..1 -> -1..1 in float32, channels first, one video.
     return encode_wan_pixels(vae, frames.permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1, tile, tile_size,
-                             tile_overlap)
+                             tile_overlap, progress)
 
 
 def encode_wan_pixels(vae: AutoencoderKLWan, pixels: torch.Tensor, tile: str = "auto", tile_size: int = 256,
-                      tile_overlap: int = 64) -> torch.Tensor:
+                      tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
     """One video as the pipelines hand it to the VAE, [1, 3, F, H, W] in -1..1 (checked by the caller) -> raw
-    latents [1, 16, (F-1)/4+1, H/8, W/8] float32 on the CPU; tiling as in `encode_wan`."""
+    latents [1, 16, (F-1)/4+1, H/8, W/8] float32 on the CPU; tiling and progress as in `encode_wan`."""
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(pixels.shape[-2:]), tile_size, tile_overlap, ratio)
     param, device = next(vae.parameters()), execution_device(vae)
+    frames, height, width = pixels.shape[2:]
     with tiling(vae, tiled, tile_size, tile_overlap), torch.no_grad():
-        return vae.encode(pixels.to(device, param.dtype)).latent_dist.mode().float().cpu()
+        units = pixels.shape[0] * (1 + (frames - 1) // vae.config.scale_factor_temporal)
+        units *= tile_count(vae, height, width, 1)
+        with counted_calls([vae.encoder], units, progress), _cache_cleared(vae):
+            return vae.encode(pixels.to(device, param.dtype)).latent_dist.mode().float().cpu()
+
+
+@contextmanager
+def _cache_cleared(vae: AutoencoderKLWan) -> Iterator[None]:
+    """The causal feature cache emptied however the block ends: diffusers empties it only after a complete pass,
+    and a stopped one would keep a frame's activations on the device."""
+    try:
+        yield
+    finally:
+        vae.clear_cache()
 
 
 def _decode_one(vae: AutoencoderKLWan, latent: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ job = start()
 import comfy.model_patcher  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from torch.overrides import TorchFunctionMode  # noqa: E402
-from torch.utils import _pytree as pytree  # noqa: E402
+
+from comfy_forwards import DeviceMixes, forward, weight_patches  # noqa: E402
 
 from sana_wan import comfy_bridge as bridge  # noqa: E402
 from sana_wan.loaders.cast_layers import SCALE, to_storage  # noqa: E402
@@ -29,46 +29,6 @@ from sana_wan.loaders.storage import STORAGE_DTYPES, stored_layers  # noqa: E402
 from sana_wan.loaders.wan_transformer import load_wan_transformer  # noqa: E402
 
 CPU, META = torch.device("cpu"), torch.device("meta")
-
-
-class DeviceMixes(TorchFunctionMode):
-    """Records torch calls that get tensors on two devices, copies between devices (ComfyUI's cast_to) aside."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        devices = {t.device for t in pytree.tree_leaves((args, kwargs))
-                   if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
-        if len(devices) > 1 and getattr(func, "__name__", "") != "copy_":
-            self.calls.append(getattr(func, "__name__", str(func)))
-        return func(*args, **kwargs)
-
-
-def inputs(family, model, device):
-    generator = torch.Generator().manual_seed(3)
-    if family == "wan":
-        return {"hidden_states": torch.randn(1, 16, 2, 4, 4, generator=generator).to(device),
-                "timestep": torch.tensor([700.0], device=device),
-                "encoder_hidden_states": torch.randn(1, 8, model.config.text_dim, generator=generator).to(device)}
-    channels = model.config.in_channels
-    return {"hidden_states": torch.randn(1, channels, 4, 4, generator=generator).to(device),
-            "encoder_hidden_states": torch.randn(1, 6, model.config.caption_channels, generator=generator).to(device),
-            "encoder_attention_mask": torch.ones(1, 6, device=device), "timestep": torch.tensor([700.0], device=device)}
-
-
-def forward(family, model, device=CPU):
-    with torch.no_grad():
-        return model(**inputs(family, model, device), return_dict=False)[0]
-
-
-def weight_patches(model):
-    """A 'diff' patch (ComfyUI's weight-patch format) on every stored layer's weight."""
-    generator = torch.Generator().manual_seed(4)
-    return {f"module.{name}.weight": ("diff", (torch.randn(layer.weight.shape, generator=generator) * 0.05,))
-            for name, layer in stored_layers(model).items()}
 
 
 def exactly_patched(load, path, storage, stored_model):

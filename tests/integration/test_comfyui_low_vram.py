@@ -10,6 +10,7 @@ device (standing in for a GPU) must run every op on that one device.
 import json
 import os
 
+import pytest
 import torch
 from conftest import _require_comfyui, run_comfy_job
 from safetensors.torch import load_file, save_file
@@ -20,14 +21,20 @@ from tiny_wan import tiny_wan_transformer, write_wan_layouts
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_comfyui_partial_loads_equal_full_loads(tmp_path):
-    _require_comfyui()  # before writing models nobody would use
+def tiny_transformer_files(tmp_path) -> dict:
+    """name -> [family, file, weight storage]: Wan and Sana, plain and kept in fp8 (Wan from a scaled fp8 file)."""
     wan = write_wan_layouts(tiny_wan_transformer(seed=5), str(tmp_path / "wan"))
     sana = str(tmp_path / "sana.safetensors")
     save_file(tiny_sana_transformer("qk_norm", seed=6).state_dict(), sana)
     models = {"wan": ["wan", wan["diffusers_single"], None],
               "wan_fp8_scaled": ["wan", wan["comfy_fp8_scaled"], "fp8_e4m3fn"],
               "sana": ["sana", sana, None], "sana_fp8": ["sana", sana, "fp8_e4m3fn"]}
+    return models
+
+
+def test_comfyui_partial_loads_equal_full_loads(tmp_path):
+    _require_comfyui()  # before writing models nobody would use
+    models = tiny_transformer_files(tmp_path)
     job = {"models": models, "output": str(tmp_path / "out")}
     run_comfy_job("low_vram_in_comfyui.py", job, tmp_path)
     out = load_file(str(tmp_path / "out.safetensors"))
@@ -50,3 +57,21 @@ def test_comfyui_partial_loads_equal_full_loads(tmp_path):
         assert torch.equal(out[f"{name}.again"], full), f"{name}: the base weights are restored"
         assert result["meta_mixes"] == [] and result["meta_output"] == "meta", name
     assert results["wan_fp8_scaled"]["scaled_layers"] > 0 and results["wan"]["scaled_layers"] == 0
+
+
+def test_comfyui_dynamic_vram_stages_and_patches_the_packs_layers(tmp_path):
+    comfy_path, comfy_python = _require_comfyui()
+    with open(os.path.join(comfy_path, "comfy", "model_patcher.py")) as f:
+        has_dynamic = "class ModelPatcherDynamic" in f.read()
+    if not has_dynamic:
+        pytest.skip("this ComfyUI (before 0.33) has no dynamic VRAM patcher")
+    models = tiny_transformer_files(tmp_path)
+    run_comfy_job("dynamic_vram_in_comfyui.py", {"models": models, "output": str(tmp_path / "out.json")}, tmp_path)
+    for name, result in json.load(open(tmp_path / "out.json")).items():
+        assert result["castable"] > 0 and result["slotted"] > 0, (name, result)
+        assert result["unplaced"] == [], name  # every castable layer staged in virtual VRAM or force-loaded
+        # every patch attached where ComfyUI looks for it (the patched layers are all staged: see the script)
+        assert result["unpatched"] == [] and result["patched_slotted"] == result["patch_keys"] > 0, name
+        # each staged layer is fetched through comfy.ops once for the call, and its patch applied then
+        assert result["fetches"] == result["slotted"] and result["patch_calls"] == result["patch_keys"], name
+        assert result["meta_mixes"] == [] and result["output"] == "meta", name

@@ -1,15 +1,18 @@
 """Nothing lost, nothing overwritten, nothing hangs, through a real ComfyUI's HTTP API: save prefixes with control
 characters are refused and leave existing files as they were, a save killed half-way leaves no output under an
-output's name, and VALIDATE_INPUTS reports every bad input under its own name with the widget bounds kept."""
+output's name, VALIDATE_INPUTS reports every bad input under its own name with the widget bounds kept, and Cancel
+stops a long VAE decode within one frame while the decode reports its progress."""
 
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 from conftest import _running_server
+from tiny_models import WAN_FILES
 
 EXISTING = b"\x89PNG\r\n\x1a\n" + bytes(64)
 
@@ -113,3 +116,40 @@ def test_a_save_killed_half_way_leaves_no_output_under_an_output_name(doomed_ser
          "print(folder_paths.get_save_image_path('killed/v', sys.argv[1])[2])", doomed_server.output_dir],
         cwd=os.environ["COMFYUI_PATH"], capture_output=True, text=True, check=True).stdout
     assert counter.strip() == "1", "ComfyUI numbers the next save from 1: the temporary file is no output"
+
+
+def test_cancel_stops_a_long_wan_vae_decode_within_seconds_and_the_decode_shows_progress(comfy_server):
+    """1025 frames at 128x128 through the tiny VAE take minutes on the CPU (93 s after Cancel before the fix);
+    /interrupt 3 s into the decode must end the prompt within a few seconds (one latent frame: 0.2 s), the decode
+    reports its frames over /ws meanwhile, and the next decode runs."""
+    graph = {"vae": {"class_type": "WanVAELoader", "inputs": {"vae_name": WAN_FILES["vae"], "dtype": "fp32"}},
+             "latent": {"class_type": "EmptyWanLatentVideo", "inputs": {"width": 128, "height": 128, "length": 1025,
+                                                                        "batch_size": 1}},
+             "decode": {"class_type": "WanVAEDecode", "inputs": {"vae": ["vae", 0], "samples": ["latent", 0],
+                                                                 "tiling": "auto", "tile_size": 1024,
+                                                                 "tile_overlap": 64}},
+             "preview": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}}}
+    times = {}
+
+    def interrupt_into_the_decode(message, server):
+        if message["type"] == "executing" and message["data"]["node"] == "decode" and "timer" not in times:
+            def interrupt():
+                times["interrupt"] = time.monotonic()
+                server.post_json("/interrupt", {})
+            times["timer"] = threading.Timer(3.0, interrupt)
+            times["timer"].start()
+        if message["type"] == "execution_interrupted":
+            times["ended"] = time.monotonic()
+
+    _, messages = comfy_server.run_prompt_ws(graph, timeout=900, on_message=interrupt_into_the_decode)
+    types = [m["type"] for m in messages]
+    assert "execution_interrupted" in types and "execution_success" not in types, types
+    latency = times["ended"] - times["interrupt"]
+    assert latency < 5, f"the decode went on for {latency:.1f} s after Cancel"
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "decode"]
+    assert progress, "the decode reported no progress"
+    assert {p["max"] for p in progress} == {257}, "one unit per latent frame"
+    assert [p["value"] for p in progress] == list(range(1, len(progress) + 1)) and len(progress) < 257
+    graph["latent"]["inputs"]["length"] = 5
+    _, messages = comfy_server.run_prompt_ws(graph, timeout=120)
+    assert "execution_success" in [m["type"] for m in messages], "the next decode runs"
