@@ -9,6 +9,7 @@ from ..loaders.dcae import load_dcae
 from ..loaders.wan_vae import load_wan_vae
 from ..samplers.latents import check_frame_count
 from ..vae.dcae import dcae_decode_memory, decode_dcae, encode_dcae
+from ..vae.tiling import whole_frames_fit
 from ..vae.wan import decode_wan, encode_wan, wan_decode_memory
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 from .progress import unit_progress
@@ -19,14 +20,15 @@ FOLDERS = ("vae",)
 def _load_for_decode(vae, latent_shape, tiling: str, tile_size: int, memory) -> tuple:
     """(the VAE on its device, the tiling mode to use), with ComfyUI asked to make room for the decode first.
 
-    Inside ComfyUI "auto" decodes whole frames when they fit the free memory after making room, else in tiles;
-    standalone (no memory figure) it tiles frames larger than a tile.
+    "auto" decodes whole frames when the VAE and a whole frame's activations take at most half the device's total
+    memory, else in tiles (`whole_frames_fit`): the same latent always takes the same path, whatever is loaded.
     """
-    tiled = tiling == "on"
-    model = vae.load(memory(vae.module, latent_shape, tiled, tile_size))
-    if tiling == "auto" and bridge.in_comfyui():
-        whole = memory(model, latent_shape, False, tile_size)
-        tiling = "off" if bridge.memory_fits(whole, vae.patcher.load_device) else "on"
+    if tiling == "auto":
+        device = vae.patcher.load_device
+        whole = memory(vae.module, latent_shape, False, tile_size)
+        fits = whole_frames_fit(vae.patcher.model_size(), whole, bridge.total_memory(device))
+        tiling = "off" if fits else "on"
+    model = vae.load(memory(vae.module, latent_shape, tiling == "on", tile_size))
     return model, tiling
 
 
@@ -58,8 +60,9 @@ class DCAEDecode:
             "vae": ("DCAE_VAE",),
             "samples": ("LATENT",),
             "tiling": (["auto", "on", "off"], {"default": "auto",
-                                               "tooltip": ("auto: whole images when they fit in free memory (tiles when "
-                                                           "not); any out-of-memory retries in tiles.")}),
+                                               "tooltip": ("auto: whole images when the VAE and one whole image take "
+                                                           "at most half the device's memory, else tiles; any "
+                                                           "out-of-memory retries in tiles.")}),
             "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 32,
                                   "tooltip": "Tile edge in pixels; 1024 avoids seams in flat areas at 4K."}),
             "tile_overlap": ("INT", {"default": 128, "min": 32, "max": 1024, "step": 32}),
@@ -123,8 +126,9 @@ class WanVAEDecode:
             "vae": ("WAN_VAE",),
             "samples": ("LATENT",),
             "tiling": (["auto", "on", "off"], {"default": "auto",
-                                               "tooltip": ("auto: whole frames when they fit in free memory (tiles when "
-                                                           "not); any out-of-memory retries in tiles.")}),
+                                               "tooltip": ("auto: whole frames when the VAE and one whole frame take "
+                                                           "at most half the device's memory, else tiles; any "
+                                                           "out-of-memory retries in tiles.")}),
             "tile_size": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 32,
                                   "tooltip": "Tile edge in pixels for tiled decoding (on, or auto above this size)."}),
             "tile_overlap": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),

@@ -153,19 +153,24 @@ def test_memory_fits_is_false_without_comfyui():
     assert not bridge.memory_fits(1, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("free, expected", [(10**12, "off"), (1000, "on")])
-def test_auto_decode_tiles_when_the_whole_image_does_not_fit(fake_comfy, monkeypatch, free, expected):
+@pytest.mark.parametrize("total, expected", [(10**12, "off"), (10**9, "on")])
+def test_auto_decode_tiles_when_the_whole_image_would_take_over_half_the_device(fake_comfy, monkeypatch, total,
+                                                                                expected):
     from tiny_dcae import tiny_dcae
 
     from sana_wan.nodes.decode import _load_for_decode
     from sana_wan.vae.dcae import dcae_decode_memory
 
     calls, _ = fake_comfy
-    monkeypatch.setattr(sys.modules["comfy.model_management"], "get_free_memory", lambda device: free)
+    mm = sys.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "get_total_memory", lambda device: total, raising=False)
+    monkeypatch.setattr(mm, "get_free_memory", lambda device: 0)  # what happens to be free plays no part
     vae = tiny_dcae()
     handle = bridge.ModelHandle(vae, "vae")
+    handle.patcher.model_size = lambda: 10**6  # ComfyUI's ModelPatcher has it; the stand-in here does not
     model, mode = _load_for_decode(handle, (1, 32, 64, 64), "auto", 1024, dcae_decode_memory)
     assert model is vae and mode == expected
-    whole = dcae_decode_memory(vae, (1, 32, 64, 64), False, 1024)
-    assert calls["load"][0][1]["memory_required"] == whole, "ComfyUI is asked to make room for a whole decode"
+    whole = dcae_decode_memory(vae, (1, 32, 64, 64), False, 1024)  # 13 GB
     assert dcae_decode_memory(vae, (1, 32, 64, 64), True, 1024) == whole // 4, "a 1024 px tile is 32x32 of 64x64"
+    required = whole if expected == "off" else whole // 4
+    assert calls["load"][0][1]["memory_required"] == required, "ComfyUI makes room for the path taken"

@@ -1,7 +1,8 @@
 """Long nodes report progress and honour Cancel between units of work (issue 14, finding 3): Wan VAE decode and encode
 (one latent frame / frame chunk of one tile), DC-AE decode and encode (one stage block of one tile), the text
 encoders (one layer). A `progress` that raises stops the work after the unit it was told about, leaves no output
-and no state behind; outputs are bit-identical with and without a `progress`."""
+and no state behind; outputs are bit-identical with and without a `progress`. Also: the decode nodes' "auto" tiling
+is a function of sizes and the device's total memory, never of the memory free at the moment."""
 
 import pytest
 import torch
@@ -15,12 +16,16 @@ from tiny_umt5 import train_spm_bytes as umt5_spm
 from tiny_wan_vae import tiny_wan_vae
 
 from sana_wan import comfy_bridge as bridge
-from sana_wan.nodes.decode import DCAEDecode, WanVAEDecode, WanVAEEncode
+from sana_wan.nodes import decode as decode_nodes
+from sana_wan.nodes.decode import DCAEDecode, WanVAEDecode, WanVAEEncode, _load_for_decode
 from sana_wan.nodes.text import SanaTextEncode, WanTextEncode
 from sana_wan.text.sana_prompt import encode_sana_prompt
 from sana_wan.text.wan_prompt import encode_wan_prompt
-from sana_wan.vae.dcae import decode_dcae, encode_dcae
-from sana_wan.vae.wan import decode_wan, encode_wan
+from sana_wan.vae.dcae import dcae_decode_memory, decode_dcae, encode_dcae
+from sana_wan.vae.tiling import whole_frames_fit
+from sana_wan.vae.wan import decode_wan, encode_wan, wan_decode_memory
+
+GB = 2**30
 
 
 class Cancelled(Exception):
@@ -235,3 +240,42 @@ def test_the_text_encode_nodes_show_prompt_and_negative_on_one_bar_and_stop_on_c
     with pytest.raises(Cancelled):
         node().encode(*args)
     assert updates == [(1, 4), (2, 4)]
+
+
+# ---------------------------------------------------------------------------------------------- auto tiling
+
+
+def test_whole_frames_when_the_vae_and_a_whole_frame_take_at_most_half_the_device():
+    assert whole_frames_fit(GB // 2, GB // 2, 2 * GB) and not whole_frames_fit(GB // 2, GB // 2 + 1, 2 * GB)
+    # Sana 4K (128 x 128 latent cells) in bf16: 26 GB of activations; whole on an 80 GB card, tiles on a 24 GB one.
+    whole_4k = dcae_decode_memory(tiny_dcae().to(torch.bfloat16), (1, 32, 128, 128), False, 1024)
+    assert whole_frames_fit(GB, whole_4k, 80 * GB) and not whole_frames_fit(GB, whole_4k, 24 * GB)
+
+
+@pytest.mark.parametrize("total, expected", [(2**50, "off"), (GB, "on")])
+def test_auto_tiling_follows_the_total_memory_and_never_the_free_memory(monkeypatch, dcae, total, expected):
+    handle = bridge.ModelHandle(dcae, "vae", family="sana")
+    monkeypatch.setattr(bridge, "total_memory", lambda device: total)
+    modes = []
+    for free in (0, 2**50):
+        monkeypatch.setattr(bridge, "memory_fits", lambda required, device, free=free: required <= free)
+        monkeypatch.setattr(bridge, "in_comfyui", lambda: True)
+        modes.append(_load_for_decode(handle, (1, 32, 64, 64), "auto", 1024, dcae_decode_memory)[1])
+    assert modes == [expected, expected]
+    assert _load_for_decode(handle, (1, 32, 64, 64), "off", 1024, dcae_decode_memory)[1] == "off", "as asked"
+
+
+def test_the_wan_decode_node_gives_the_same_frames_whatever_memory_is_free(monkeypatch, wan_vae):
+    """Tiled and whole frames differ: "auto" must take one path for one latent on one machine."""
+    handle = bridge.ModelHandle(wan_vae, "vae", family="wan")
+    samples = {"samples": torch.randn(1, 16, 2, 6, 6, generator=torch.Generator().manual_seed(5))}
+    whole = wan_decode_memory(wan_vae, samples["samples"].shape, False, 32)
+    monkeypatch.setattr(bridge, "in_comfyui", lambda: True)
+    monkeypatch.setattr(bridge, "total_memory", lambda device: 2 * (whole + handle.patcher.model_size()))
+    frames = []
+    for free in (0, 2**50):
+        monkeypatch.setattr(bridge, "memory_fits", lambda required, device, free=free: required <= free)
+        frames.append(WanVAEDecode().decode(handle, samples, "auto", 32, 8)[0])
+    assert torch.equal(*frames)
+    assert torch.equal(frames[0], decode_wan(wan_vae, samples["samples"], "off")), "whole frames: they fit"
+    assert decode_nodes.whole_frames_fit is whole_frames_fit

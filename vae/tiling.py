@@ -36,6 +36,17 @@ def wants_tiling(tile: str, size: int, tile_size: int, tile_overlap: int, ratio:
     return tile == "on" or (tile == "auto" and size > tile_size)
 
 
+def whole_frames_fit(model_bytes: int, whole_frame_bytes: int, device_memory: int) -> bool:
+    """Whether "auto" decodes whole frames on a device: when the VAE's weights and one whole frame's activations
+    take at most half the device's total memory (RAM for the CPU), else tiles.
+
+    A function of the sizes and the device alone, never of the memory free at the moment: tiled and whole frames
+    differ, so the same latent must always take the same path. (A whole-frame decode that still runs out of
+    memory is done again in tiles: that gives an image where there would be none.)
+    """
+    return model_bytes + whole_frame_bytes <= device_memory // 2
+
+
 @contextmanager
 def tiling(vae, enabled: bool, tile_size: int, tile_overlap: int,
            derived_state: tuple[str, ...] = ()) -> Iterator[None]:
