@@ -220,3 +220,18 @@ def _wait_until_up(server: ComfyServer, process: subprocess.Popen, timeout: floa
         except OSError:
             time.sleep(1)
     pytest.fail(f"ComfyUI did not answer in {timeout} s:\n{server.log_tail()}")
+
+
+# How close the pack's results are to native ComfyUI's on the same files (Wan Sampler vs KSampler, the MODEL adapter
+# under KSampler / SamplerCustomAdvanced, LoRA loaders): max |Δ| relative to the largest value. Not bit-equal, for
+# float32 order (timestep embedding) and ComfyUI's x0-form Euler step; README quotes the measured figures.
+NATIVE_RELATIVE = 2e-5
+
+
+def assert_native_close(ours, native, relative: float) -> None:
+    """`ours` equals a native ComfyUI result within float32 rounding: max |Δ| at most `relative` times the largest
+    |value|. The measured figures are printed (pytest -s shows them; the README quotes them)."""
+    assert ours.shape == native.shape
+    delta, largest = (ours - native).abs().max().item(), native.abs().max().item()
+    print(f"native comparison: max|Δ| {delta:.3g}, {delta / largest:.3g} of the largest value {largest:.3g}")
+    assert largest > 0 and delta <= relative * largest

@@ -6,7 +6,9 @@ import json
 import os
 
 import torch
-from conftest import _require_comfyui, run_comfy_job, use_tiny_wan_files
+from conftest import (
+    NATIVE_RELATIVE, _require_comfyui, assert_native_close, run_comfy_job, use_tiny_wan_files,
+)
 from safetensors.torch import load_file, save_file
 from tiny_lora import WAN_LORA_FILES
 from tiny_models import SANA_FILES, WAN_FILES
@@ -68,8 +70,7 @@ def _latent(server, entry, node: str):
 
 
 def _assert_close(ours, native):
-    assert ours.shape == native.shape
-    assert (ours - native).abs().max() <= 1e-4 * max(1.0, native.abs().max().item())
+    assert_native_close(ours, native, NATIVE_RELATIVE)
 
 
 def test_ksampler_on_the_wan_adapter_equals_our_sampler(comfy_server):
