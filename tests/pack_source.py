@@ -24,7 +24,7 @@ def constant(path: str, name: str):
 
 @functools.cache
 def module(path: str):
-    """The pack's file `path` imported on its own (a module without relative imports)."""
+    """The pack's file `path` imported on its own (a module without relative imports, or a script)."""
     name = "_sana_wan_file_" + path.removesuffix(".py").replace("/", "_")
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
     loaded = importlib.util.module_from_spec(spec)

@@ -34,7 +34,7 @@ def test_bad_overrides_say_what_is_wrong(override, message):
 
 def test_ui_format_is_refused_with_the_remedy():
     with pytest.raises(ValueError, match="API-format twin"):
-        load_workflow(os.path.join(ROOT, "workflows", "sana_text_to_image.json"))
+        load_workflow(os.path.join(ROOT, "example_workflows", "Sana text to image.json"))
 
 
 def test_parse_value():

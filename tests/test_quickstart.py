@@ -1,13 +1,13 @@
 """scripts/quickstart.py prepares a ComfyUI checkout: pack linked, requirements installed, tiny models and inputs
 placed for every example's tiny twin; it runs from a Python without torch."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from pack_source import module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADER_FOLDERS = {"model_name": ("diffusion_models", "text_encoders"), "vae_name": ("vae",),
@@ -16,10 +16,7 @@ LOADER_FOLDERS = {"model_name": ("diffusion_models", "text_encoders"), "vae_name
 
 
 def _quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(ROOT, "scripts", "quickstart.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module("scripts/quickstart.py")
 
 
 def _fake_comfyui(tmp_path):

@@ -1,15 +1,19 @@
 """The example workflows use this pack's nodes as they are declared: names, types, links, widget values."""
 
-import importlib.util
 import json
 import os
+import re
 
 import pytest
+from pack_source import module
+from PIL import Image
 
 import sana_wan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = os.path.join(ROOT, "workflows")
+EXAMPLES = os.path.join(ROOT, "example_workflows")
+VIRTUAL = {"Note", "MarkdownNote"}  # the editor's own nodes: not sent to the server
 # ComfyUI core nodes the examples use: (required inputs, optional inputs, outputs), as ComfyUI 0.3.64 declares them.
 CORE = {
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, {}, ()),
@@ -45,19 +49,44 @@ def _declared(class_type):
     return types("required"), types("optional"), cls.RETURN_TYPES
 
 
-def _ui_files():
-    return sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".json"))
+def _examples() -> dict[str, str]:
+    """API twin name -> the UI example (example_workflows/<title>.json) that names it in extra.sana_wan.api_twin."""
+    examples = {}
+    for file in sorted(os.listdir(EXAMPLES)):
+        if file.endswith(".json"):
+            with open(os.path.join(EXAMPLES, file), encoding="utf-8") as f:
+                examples[json.load(f)["extra"]["sana_wan"]["api_twin"]] = os.path.join(EXAMPLES, file)
+    return examples
 
 
-def test_every_ui_workflow_has_an_api_twin():
-    assert _ui_files(), "no example workflows"
-    for name in _ui_files():
-        assert os.path.isfile(os.path.join(WORKFLOWS, "api", name)), f"workflows/api/{name} is missing"
+def _api_names():
+    return sorted(f.removesuffix(".json") for f in os.listdir(os.path.join(WORKFLOWS, "api")))
 
 
-@pytest.mark.parametrize("name", _ui_files())
+def test_every_example_has_an_api_twin_and_the_reverse():
+    assert _api_names(), "no example workflows"
+    assert sorted(_examples()) == _api_names()
+
+
+@pytest.mark.parametrize("name", _api_names())
+def test_example_has_a_title_a_description_and_a_thumbnail(name):
+    """What ComfyUI's template browser shows: the file name as the title, `<title>.jpg` beside it; the description
+    is the graph's note (and extra.sana_wan.description)."""
+    path = _examples()[name]
+    title = os.path.basename(path).removesuffix(".json")
+    assert re.fullmatch(r"[A-Z][A-Za-z0-9 .-]+", title), "a readable title, safe in a URL and a shell"
+    workflow = json.load(open(path, encoding="utf-8"))
+    description = workflow["extra"]["sana_wan"]["description"]
+    assert "\n" not in description and 20 < len(description) <= 160, "one line"
+    notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1 and notes[0]["widgets_values"][0].startswith(f"{title}\n{description}\n")
+    with Image.open(os.path.join(EXAMPLES, f"{title}.jpg")) as thumbnail:  # ComfyUI 0.3.64 / 0.33 ask for .jpg
+        assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)
+
+
+@pytest.mark.parametrize("name", _api_names())
 def test_api_workflow_matches_node_declarations(name):
-    graph = json.load(open(os.path.join(WORKFLOWS, "api", name)))
+    graph = json.load(open(os.path.join(WORKFLOWS, "api", f"{name}.json")))
     for node_id, node in graph.items():
         required, optional, _ = _declared(node["class_type"])
         inputs = {**required, **optional}
@@ -74,13 +103,14 @@ def test_api_workflow_matches_node_declarations(name):
                     assert value in options, f"{node_id}.{input_name}={value!r} not in {options}"
 
 
-@pytest.mark.parametrize("name", _ui_files())
+@pytest.mark.parametrize("name", _api_names())
 def test_ui_workflow_equals_its_api_twin(name):
-    ui = json.load(open(os.path.join(WORKFLOWS, name)))
-    api = json.load(open(os.path.join(WORKFLOWS, "api", name)))
+    ui = json.load(open(_examples()[name]))
+    api = json.load(open(os.path.join(WORKFLOWS, "api", f"{name}.json")))
     links = {link[0]: link for link in ui["links"]}
-    assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
-    for node in ui["nodes"]:
+    nodes = [n for n in ui["nodes"] if n["type"] not in VIRTUAL]
+    assert {str(n["id"]): n["type"] for n in nodes} == {k: v["class_type"] for k, v in api.items()}
+    for node in nodes:
         twin = api[str(node["id"])]["inputs"]
         for slot in node["inputs"]:
             link = links[slot["link"]]
@@ -101,9 +131,7 @@ def test_ui_workflow_equals_its_api_twin(name):
 def test_tiny_twins_are_the_api_workflows_at_tiny_size():
     """workflows/tiny/ is what `python scripts/tiny_demo.py --twins` writes from workflows/api/ (run it after editing
     an example): every real file name replaced by the quick start's tiny one, small sizes, outputs under tiny/."""
-    spec = importlib.util.spec_from_file_location("tiny_demo", os.path.join(ROOT, "scripts", "tiny_demo.py"))
-    tiny_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny_demo)
+    tiny_demo = module("scripts/tiny_demo.py")
     expected = tiny_demo.twins()
     assert sorted(expected) == sorted(f.removesuffix(".json") for f in os.listdir(os.path.join(WORKFLOWS, "tiny")))
     for name, graph in expected.items():

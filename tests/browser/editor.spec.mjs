@@ -9,7 +9,8 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const WORKFLOWS = path.resolve(HERE, "../../workflows");
+const EXAMPLES = path.resolve(HERE, "../../example_workflows");
+const API_TWINS = path.resolve(HERE, "../../workflows/api");
 const COMFY_URL = process.env.COMFY_URL ?? "http://127.0.0.1:8188";
 const PACK_NAME = process.env.PACK_NAME ?? "comfyui-sana-wan";
 const ARTIFACTS = path.resolve(process.env.ARTIFACTS_DIR ?? path.join(HERE, "artifacts"));
@@ -84,11 +85,13 @@ async function loadWorkflow(page, name) {
   assert.deepEqual(report.changed, [], `${name}: widget values changed on load`);
   // What "Run" would send: only the nodes' own inputs (the extension's widgets stay out), as in the API twin.
   const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
-  const twin = JSON.parse(fs.readFileSync(path.join(WORKFLOWS, "api", `${name}.json`), "utf8"));
-  assert.deepEqual(withoutTitles(prompt), withoutTitles(twin), `${name}: the editor's prompt differs from workflows/api/${name}.json`);
+  const twinName = graph.extra.sana_wan.api_twin;
+  const twin = JSON.parse(fs.readFileSync(path.join(API_TWINS, `${twinName}.json`), "utf8"));
+  assert.deepEqual(withoutTitles(prompt), withoutTitles(twin), `${name}: the editor's prompt differs from workflows/api/${twinName}.json`);
   const packErrors = consoleErrors.slice(errorsBefore).filter((e) => PACK_MARKERS.some((m) => e.includes(m)));
   assert.deepEqual(packErrors, [], `${name}: console errors about the pack`);
   ok(`${name}: ${report.count} nodes load, none missing, widget values kept, prompt equals the API twin`);
+  return twinName;
 }
 
 async function checkWanWorkflow(page) {
@@ -177,17 +180,21 @@ async function main() {
 
     const templates = await (await api("/api/workflow_templates")).json();
     const listed = [...(templates[PACK_NAME] ?? [])].sort();
-    const files = fs.readdirSync(WORKFLOWS).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5)).sort();
-    assert.deepEqual(listed, files, `/api/workflow_templates lists ${PACK_NAME}'s workflows/`);
-    ok(`the templates route lists ${listed.join(", ")}`);
+    const files = fs.readdirSync(EXAMPLES).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5)).sort();
+    assert.deepEqual(listed, files, `/api/workflow_templates lists ${PACK_NAME}'s example_workflows/`);
+    for (const name of listed) {
+      const thumbnail = await api(`/api/workflow_templates/${PACK_NAME}/${encodeURIComponent(name)}.jpg`);
+      assert.equal(thumbnail.headers.get("content-type"), "image/jpeg", `${name}.jpg`);
+    }
+    ok(`the templates route lists ${listed.join(", ")}, each with its thumbnail`);
 
     await checkNewNodes(page);
     for (const name of listed) {
-      await loadWorkflow(page, name);
-      await screenshot(page, name);
-      if (CHECKS[name]) {
-        await CHECKS[name](page);
-        await screenshot(page, `${name}-edited`);
+      const twinName = await loadWorkflow(page, name);
+      await screenshot(page, twinName);
+      if (CHECKS[twinName]) {
+        await CHECKS[twinName](page);
+        await screenshot(page, `${twinName}-edited`);
       }
     }
 
