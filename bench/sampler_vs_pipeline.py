@@ -66,13 +66,21 @@ from sana_wan.samplers.noise import comfy_noise  # noqa: E402
 from sana_wan.samplers.schedulers import make_scheduler  # noqa: E402
 
 
-def random_model(model_class, config: dict, seed: int):
-    """`model_class(config)` in float32 with seeded random weights: uniform(+-1/sqrt(fan_in)) for matrices and
-    kernels (PyTorch's default bound), 1 + U(+-0.01) for norm scales, U(+-0.01) for biases."""
+def random_model(model_class, config: dict, seed: int, device="cpu", dtype: torch.dtype = torch.float32):
+    """`model_class(config)` with seeded random weights (see `fill_random`), float32 on the CPU by default."""
     with torch.device("meta"):
         model = model_class.from_config(config)
-    model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
+    return fill_random(model, seed, device, dtype)
+
+
+def fill_random(model, seed: int, device="cpu", dtype: torch.dtype = torch.float32):
+    """A model built on the meta device, materialised on `device` in `dtype` with seeded random weights drawn there:
+    uniform(+-1/sqrt(fan_in)) for matrices and kernels (PyTorch's default bound), 1 + U(+-0.01) for norm scales,
+    U(+-0.01) for biases; batch-norm statistics 0 (running_var 1). Non-persistent buffers (Wan's RoPE tables) are
+    left for the caller to compute."""
+    torch.nn.Module.to(model, dtype=dtype)  # on the meta device, nothing allocated (diffusers' own .to warns)
+    model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.ndim >= 2:
@@ -82,6 +90,9 @@ def random_model(model_class, config: dict, seed: int):
                 param.uniform_(-0.01, 0.01, generator=generator)
                 if name.endswith("weight"):
                     param.add_(1.0)
+        for name, buffer in model.named_buffers():
+            if buffer.is_floating_point() or name.endswith("num_batches_tracked"):
+                buffer.fill_(1.0 if name.endswith("running_var") else 0.0)
     return model.eval()
 
 
