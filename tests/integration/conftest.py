@@ -150,7 +150,28 @@ def comfy_models_dir(tmp_path_factory):
     write_all_in_comfy_folders(root, os.path.join(root, INPUT_FOLDER))
     real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))
     write_sample_inputs(os.path.join(root, INPUT_FOLDER), *INPUT_SIZE)
+    _link_example_names(root)
     return root
+
+
+def _link_example_names(root: str) -> None:
+    """Every file the example workflows name, as a link to its tiny counterpart beside it: the folder a user who
+    downloaded the models has, so the editor finds each file (ComfyUI 0.33's frontend marks a node whose file is
+    missing as having errors)."""
+    from pack_source import module
+
+    tiny_demo = module("scripts/tiny_demo.py")
+    input_dir = os.path.join(root, INPUT_FOLDER)
+    for path in tiny_demo.write_example_inputs(os.path.join(root, "example_inputs")):  # those the tests lack
+        if not os.path.exists(os.path.join(input_dir, os.path.basename(path))):
+            os.symlink(path, os.path.join(input_dir, os.path.basename(path)))
+    for real, tiny in tiny_demo.tiny_names().items():
+        for folder, _, files in os.walk(root):
+            if tiny in files and not os.path.lexists(os.path.join(folder, real)):
+                os.symlink(os.path.join(folder, tiny), os.path.join(folder, real))
+        for folder, dirs, _ in os.walk(root):
+            if tiny in dirs and not os.path.lexists(os.path.join(folder, real)):
+                os.symlink(os.path.join(folder, tiny), os.path.join(folder, real), target_is_directory=True)
 
 
 @contextlib.contextmanager
