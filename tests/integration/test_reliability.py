@@ -149,7 +149,8 @@ def test_cancel_stops_a_long_wan_vae_decode_within_seconds_and_the_decode_shows_
     progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "decode"]
     assert progress, "the decode reported no progress"
     assert {p["max"] for p in progress} == {257}, "one unit per latent frame"
-    assert [p["value"] for p in progress] == list(range(1, len(progress) + 1)) and len(progress) < 257
+    values = [p["value"] for p in progress]  # ComfyUI 0.33 throttles progress messages: increasing, not every one
+    assert values == sorted(set(values)) and 1 <= values[0] and values[-1] < 257, values
     graph["latent"]["inputs"]["length"] = 5
     _, messages = comfy_server.run_prompt_ws(graph, timeout=120)
     assert "execution_success" in [m["type"] for m in messages], "the next decode runs"
