@@ -128,7 +128,10 @@ def _header_problem(header) -> str | None:
 
 def safetensors_shapes(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """key -> (shape, dtype) of a safetensors file, from its header alone."""
-    header = read_safetensors_header(path)
+    return _header_shapes(read_safetensors_header(path))
+
+
+def _header_shapes(header: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     return {k: (tuple(v["shape"]), _DTYPES[v["dtype"]]) for k, v in header.items() if k != "__metadata__"}
 
 
@@ -180,24 +183,21 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
 def checkpoint_keys(path: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """key -> (shape, dtype) without reading tensor data where the format allows (safetensors, GGUF)."""
     if path.lower().endswith(SAFETENSORS_EXT):
-        return _quantised_as_scaled_fp8(path, safetensors_shapes(path))
+        return _quantised_as_scaled_fp8(path, read_safetensors_header(path))
     if path.lower().endswith(GGUF_EXT):
         return gguf_shapes(path)
     return {k: (tuple(v.shape), v.dtype) for k, v in load_state_dict(path).items()}
 
 
-def _quantised_as_scaled_fp8(path: str, shapes: dict) -> dict:
+def _quantised_as_scaled_fp8(path: str, header: dict) -> dict:
     """The keys of a file in ComfyUI's quantised-layer format as `load_state_dict` gives them (comfy_quant.py),
     reading only the small per-layer format tensors."""
-    metadata = read_safetensors_header(path).get("__metadata__", {})
+    shapes, metadata = _header_shapes(header), header.get("__metadata__", {})
     if not comfy_quant.is_quantised(shapes, metadata):
         return shapes
     with safe_open(path, "pt") as f:
         formats = comfy_quant.layer_formats(shapes, metadata, f.get_tensor, os.path.basename(path))
-    out = {new: shapes[key] for key, new in comfy_quant.scaled_fp8_names(shapes, formats).items() if new is not None}
-    if formats:
-        out[comfy_quant.SCALED_FP8_MARKER] = ((0,), comfy_quant.marker_dtype(formats))
-    return out
+    return comfy_quant.as_scaled_fp8_entries(shapes, formats, lambda dtype: ((0,), dtype))
 
 
 def safetensors_metadata(path: str) -> dict[str, str]:

@@ -49,23 +49,21 @@ def layer_formats(keys: Iterable[str], metadata: dict[str, str], read: Callable[
     return formats
 
 
-def scaled_fp8_names(keys: Iterable[str], formats: dict[str, str]) -> dict[str, str | None]:
-    """key -> its name in the older scaled fp8 form (None: dropped, the format is in the marker)."""
-    renamed = {}
-    for key in keys:
+def as_scaled_fp8_entries(entries: dict, formats: dict[str, str], marker) -> dict:
+    """`entries` (key -> tensor, or anything per key) under their names in the older scaled fp8 form: the layers'
+    `comfy_quant` entries dropped, their scales renamed, and `marker(dtype)` as the `scaled_fp8` marker."""
+    out = {}
+    for key, value in entries.items():
         if key.endswith(QUANT_SUFFIX):
-            renamed[key] = None
-        elif key.endswith(_WEIGHT_SCALE) and key[: -len(_WEIGHT_SCALE)] in formats:
-            renamed[key] = key[: -len(_WEIGHT_SCALE)] + ".scale_weight"
+            continue
+        if key.endswith(_WEIGHT_SCALE) and key[: -len(_WEIGHT_SCALE)] in formats:
+            key = key[: -len(_WEIGHT_SCALE)] + ".scale_weight"
         elif key.endswith(_INPUT_SCALE) and key[: -len(_INPUT_SCALE)] in formats:
-            renamed[key] = key[: -len(_INPUT_SCALE)] + ".scale_input"
-        else:
-            renamed[key] = key
-    return renamed
-
-
-def marker_dtype(formats: dict[str, str]) -> torch.dtype:
-    return _FP8_FORMATS[next(iter(formats.values()), "float8_e4m3fn")]
+            key = key[: -len(_INPUT_SCALE)] + ".scale_input"
+        out[key] = value
+    if formats:
+        out[SCALED_FP8_MARKER] = marker(_FP8_FORMATS[next(iter(formats.values()))])
+    return out
 
 
 def as_scaled_fp8(state_dict: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> dict[str, torch.Tensor]:
@@ -73,7 +71,4 @@ def as_scaled_fp8(state_dict: dict[str, torch.Tensor], metadata: dict[str, str],
     if not is_quantised(state_dict, metadata):
         return state_dict
     formats = layer_formats(state_dict, metadata, state_dict.__getitem__, name)
-    out = {new: state_dict[key] for key, new in scaled_fp8_names(state_dict, formats).items() if new is not None}
-    if formats:
-        out[SCALED_FP8_MARKER] = torch.empty(0, dtype=marker_dtype(formats))
-    return out
+    return as_scaled_fp8_entries(state_dict, formats, lambda dtype: torch.empty(0, dtype=dtype))
