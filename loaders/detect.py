@@ -26,6 +26,9 @@ _SIGNATURES = [
                            "enc.blk.1.attn_rel_b.weight")),
     ("T5 text encoder", ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                          "enc.blk.0.attn_rel_b.weight")),
+    # transformers / Comfy-Org, open_clip and Wan-AI names of a CLIP image tower.
+    ("CLIP vision model", ("vision_model.encoder.layers.0.layer_norm1.weight",
+                           "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.transformer.0.attn.to_qkv.weight")),
     ("Stable Diffusion / SDXL UNet", ("model.diffusion_model.input_blocks.0.0.weight", "input_blocks.0.0.weight")),
     ("Flux transformer", ("double_blocks.0.img_attn.qkv.weight",)),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..controlnet.wan_vace import vace_model_inputs
@@ -13,6 +15,7 @@ from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
 from .perturbed import SkipLayerGuidance, check_family
 from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
+from .wan_image import ImageInputs, image_inputs
 
 
 def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
@@ -25,29 +28,28 @@ def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
     return repeat_to_batch(embeds, batch, name)
 
 
-def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidance: Guidance | None = None,
+def wan_velocity(transformer, positive, negative, cfg: float, latent_shape, guidance: Guidance | None = None,
                  batched: bool = False, speed: SpeedRun = NO_SPEED):
     """`predict(x, t, step, total)`: the flow velocity under `guidance` (None: CFG with `cfg`), as WanPipeline
-    computes it.
+    (WanImageToVideoPipeline for image-to-video models) computes it.
 
     The reference runs cond and uncond as two forwards (no padding mask: prompts are zero-padded to 512 tokens,
     as the model was trained), which also halves the peak activation memory of a video step; an unguided step runs
     the cond forward alone. Skip-layer guidance adds a third forward, of cond with blocks skipped. `batched` runs
     cond and uncond as one batch instead (faster where memory allows; equal up to float rounding). `speed` gives
     each forward its cache context: "cond" and "uncond" as WanPipeline names them, "cond_uncond" for a batch.
+    Each CONDITIONING brings its own image inputs (samplers/wan_image.py), as in ComfyUI.
     """
     guidance = (guidance if guidance is not None else pipeline_cfg(cfg)).for_run()
     check_family(guidance, "wan", len(transformer.blocks))
     device, dtype = execution_device(transformer), transformer.dtype
-    width = transformer.config.text_dim
-    cond = _embeds(positive, "positive", batch, width).to(device, dtype)
-    uncond = _embeds(negative, "negative", batch, width).to(device, dtype) if guidance.uses_uncond else None
+    cond = _branch(transformer, positive, "positive", latent_shape, device, dtype)
+    uncond = _branch(transformer, negative, "negative", latent_shape, device, dtype) if guidance.uses_uncond else None
     vace = vace_model_inputs(transformer, positive, device, dtype)  # a VACE model's control latents, else nothing
 
-    def forward(x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor, rows: str) -> torch.Tensor:
+    def forward(x: torch.Tensor, timestep: torch.Tensor, branch: _Branch, rows: str) -> torch.Tensor:
         with speed.context(rows):
-            return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False,
-                               **vace(x))[0]
+            return transformer(timestep=timestep, return_dict=False, **branch.inputs(x), **vace(x))[0]
 
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
         x_in, timestep = x.to(dtype), t.expand(x.shape[0])
@@ -62,7 +64,7 @@ def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidan
         if not guidance.needs_uncond(step, total):
             out, out_uncond = forward(x_in, timestep, cond, "cond"), None
         elif batched:
-            out, out_uncond = forward(torch.cat([x_in, x_in]), timestep.repeat(2), torch.cat([cond, uncond]),
+            out, out_uncond = forward(torch.cat([x_in, x_in]), timestep.repeat(2), cond.joined(uncond),
                                       "cond_uncond").chunk(2)
         else:
             out, out_uncond = forward(x_in, timestep, cond, "cond"), forward(x_in, timestep, uncond, "uncond")
@@ -70,6 +72,34 @@ def wan_velocity(transformer, positive, negative, cfg: float, batch: int, guidan
         return guidance.combine(out, out_uncond, step, total).float()
 
     return predict
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One CONDITIONING's forward inputs: prompt embeddings and, for image-to-video models, the image inputs."""
+
+    embeds: torch.Tensor
+    image: ImageInputs | None
+
+    def inputs(self, x: torch.Tensor) -> dict:
+        if self.image is None:
+            return {"hidden_states": x, "encoder_hidden_states": self.embeds}
+        return {"hidden_states": self.image.hidden_states(x), "encoder_hidden_states": self.embeds,
+                "encoder_hidden_states_image": self.image.image_embeds}
+
+    def joined(self, other: _Branch) -> _Branch:
+        """Both branches as one batch (this one first)."""
+        image = None
+        if self.image is not None:
+            embeds = self.image.image_embeds
+            image = ImageInputs(torch.cat([self.image.concat, other.image.concat]),
+                                None if embeds is None else torch.cat([embeds, other.image.image_embeds]))
+        return _Branch(torch.cat([self.embeds, other.embeds]), image)
+
+
+def _branch(transformer, conditioning, name: str, latent_shape, device, dtype) -> _Branch:
+    embeds = _embeds(conditioning, name, latent_shape[0], transformer.config.text_dim).to(device, dtype)
+    return _Branch(embeds, image_inputs(transformer, conditioning, name, latent_shape, device, dtype))
 
 
 def check_wan_latent(samples: torch.Tensor, channels: int) -> None:
@@ -111,7 +141,7 @@ def sample_wan(
     scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)
     x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
     with speed_run(transformer, speed, "wan", len(plan.timesteps)) as run:
-        predict = wan_velocity(transformer, positive, negative, cfg, samples.shape[0], guidance, batched, run)
+        predict = wan_velocity(transformer, positive, negative, cfg, samples.shape, guidance, batched, run)
         return to_raw(sample_flow(run.track(predict, plan), scheduler, plan, x, callback))
 
 

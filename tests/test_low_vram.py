@@ -256,7 +256,7 @@ def test_a_weight_budget_loads_the_largest_layers_within_it():
 
 def _wan_step(module):
     pos = make_conditioning(torch.randn(1, 16, 32), torch.ones(1, 16, dtype=torch.int64))
-    predict = wan_velocity(module, pos, pos, 5.0, 1)
+    predict = wan_velocity(module, pos, pos, 5.0, (1, 16, 2, 4, 4))
     return predict(torch.randn(1, 16, 2, 4, 4, device=META), torch.tensor(0.5, device=META), 0, 4)
 
 
