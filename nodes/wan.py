@@ -68,7 +68,7 @@ class WanSampler:
                guidance=None, sigmas=None):
         shift = shift or model.info["variant"].default_shift
         validate_sampling(steps, cfg, denoise, shift)
-        check_wan_latent(latent["samples"], model.module.config.in_channels)
+        check_wan_latent(latent["samples"], model.module.config.out_channels)
         one_pass = wan_memory_estimate(model.module, latent["samples"].shape)
         device = model.patcher.load_device
         batched = batch_cond_uncond(device, model.patcher.model_size(), one_pass, bridge.total_memory(device))

@@ -41,7 +41,7 @@ def native_spec(transformer, info: dict) -> NativeSpec:
             kind = "VACE" if variant.is_vace else "image-to-video"
             raise ValueError(f"This is a Wan {kind} model: it needs its control / image inputs, which the MODEL "
                              "adapter does not pass. Sample it with the Wan Sampler.")
-        return NativeSpec("wan", variant.default_shift, transformer.config.in_channels, 1.0, False,
+        return NativeSpec("wan", variant.default_shift, transformer.config.out_channels, 1.0, False,
                           _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape))
     if family == "sana":
         if variant.is_sprint:

@@ -135,7 +135,7 @@ def sample_wan(
     (samplers.speed) applies for this run only.
     """
     samples = expand_latent_to_prompts(latent["samples"], positive)
-    check_wan_latent(samples, transformer.config.in_channels)
+    check_wan_latent(samples, transformer.config.out_channels)
     device = execution_device(transformer)
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)

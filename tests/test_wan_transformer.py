@@ -65,7 +65,9 @@ def forward(model, dtype=torch.float32):
     generator = torch.Generator().manual_seed(1)
     latents = torch.randn(2, config.in_channels, 3, 4, 6, generator=generator)
     text = torch.randn(2, TEXT_TOKENS if config.image_dim else 7, config.text_dim, generator=generator)
-    image = torch.randn(2, IMAGE_TOKENS, config.image_dim, generator=generator) if config.image_dim else None
+    # first-last-frame models read two images per video, [2B, tokens, D], folded by the model
+    images, tokens = (4, config.pos_embed_seq_len // 2) if config.pos_embed_seq_len else (2, IMAGE_TOKENS)
+    image = torch.randn(images, tokens, config.image_dim, generator=generator) if config.image_dim else None
     with torch.no_grad():
         return model(
             latents.to(dtype), timestep=torch.tensor([300, 800]), encoder_hidden_states=text.to(dtype),
@@ -101,7 +103,7 @@ def test_every_layout_loads_to_the_same_model(written, variant, layout):
     for field in CONFIG_FIELDS:
         assert model.config[field] == source.config[field], field
     assert tuple(model.config.patch_size) == (1, 2, 2)
-    assert info.is_i2v == (variant == "i2v") and info.latent_channels == 16
+    assert info.is_i2v == (variant != "t2v") and info.latent_channels == 16
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert expected.abs().max() > 0 and torch.isfinite(expected).all()
     assert torch.equal(forward(model), expected)

@@ -37,6 +37,8 @@ TINY_CONFIG = {
 VARIANTS = {
     "t2v": {},
     "i2v": {"in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 128},
+    # first-last-frame: the CLIP tokens of two 224-pixel images (2 x 257) get a learned position embedding
+    "flf2v": {"in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 128, "pos_embed_seq_len": 514},
 }
 LAYOUTS = ("diffusers_folder", "pipeline_folder", "diffusers_single", "original_folder", "original_safetensors",
            "original_pth", "comfy_prefixed", "comfy_fp8_scaled", "fp8_plain")
