@@ -28,6 +28,19 @@ def _memory_available() -> int:
     return bridge.total_memory(bridge.intermediate_device())
 
 
+def wan_conditioning_inputs() -> dict:
+    """The required inputs every Wan conditioning node that makes the latent to sample starts with."""
+    return {
+        "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",),
+        "vae": ("WAN_VAE",),
+        "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
+        "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+        "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+    }
+
+
 def wan_video_problems(node_class, width, height, length, batch_size) -> list[str]:
     """Every problem with a Wan video size, each naming its input; the memory it needs once all inputs are known and
     fine (None = a linked input, checked when the node runs)."""

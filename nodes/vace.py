@@ -7,7 +7,7 @@ import torch
 from .. import comfy_bridge as bridge
 from ..controlnet.wan_vace import attach_vace, build_vace_context, check_vace_inputs, vace_latent
 from .checks import refuse, verdict
-from .latent import wan_video_problems
+from .latent import wan_conditioning_inputs, wan_video_problems
 
 
 class WanVACEConditioning:
@@ -25,13 +25,7 @@ class WanVACEConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "vae": ("WAN_VAE",),
-            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
-            "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            **wan_conditioning_inputs(),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "Scale of every VACE block's hint (diffusers' conditioning_scale)."}),
         }, "optional": {

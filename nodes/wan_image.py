@@ -12,7 +12,7 @@ from ..samplers.wan_image import (
 from ..samplers.latents import WAN_LATENT_CHANNELS
 from ..vision.clip import CROPS, encode_clip_vision, joined_clip_outputs
 from .checks import refuse, verdict
-from .latent import wan_video_problems
+from .latent import wan_conditioning_inputs, wan_video_problems
 from .options import DTYPE_INPUT, model_choices, resolve_dtype, resolve_model
 from .progress import unit_progress
 
@@ -76,13 +76,7 @@ class WanImageToVideoConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "vae": ("WAN_VAE",),
-            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
-            "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            **wan_conditioning_inputs(),
         }, "optional": {
             "start_image": ("IMAGE", {"tooltip": "The first frame (a batch: the first frames)."}),
             "end_image": ("IMAGE", {"tooltip": "The last frame: first-last-frame models (Wan2.1 FLF2V) only."}),
