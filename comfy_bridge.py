@@ -414,6 +414,7 @@ def _native_classes() -> tuple[type, type]:
             super().__init__(config, mb.ModelType.FLOW)
             self.diffusion_model = module
             self.spec = spec
+            self.image_to_video = spec.image_to_video  # read by WAN21.concat_cond
 
         def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                          **kwargs):
@@ -422,8 +423,17 @@ def _native_classes() -> tuple[type, type]:
             context = mm.cast_to_device(c_crossattn, xc.device, dtype)
             mask = kwargs.get("attention_mask")
             mask = None if mask is None else mask.to(xc.device)
-            out = self.spec.forward(xc, self.model_sampling.timestep(t).float(), context, mask).float()
+            image = {}
+            if self.spec.image_to_video:
+                clip = kwargs.get("clip_fea")
+                image = {"concat": None if c_concat is None else mm.cast_to_device(c_concat, xc.device, dtype),
+                         "clip_features": None if clip is None else mm.cast_to_device(clip, xc.device, torch.float32)}
+            out = self.spec.forward(xc, self.model_sampling.timestep(t).float(), context, mask, **image).float()
             return self.model_sampling.calculate_denoised(t, out, x)
+
+        def concat_cond(self, **kwargs):
+            # ComfyUI's own Wan2.1 image-to-video inputs (mask and image latents) from the CONDITIONING.
+            return mb.WAN21.concat_cond(self, **kwargs) if self.spec.image_to_video else None
 
         def extra_conds(self, **kwargs):
             out = super().extra_conds(**kwargs)
@@ -432,6 +442,8 @@ def _native_classes() -> tuple[type, type]:
                 out["c_crossattn"] = conds.CONDRegular(kwargs["cross_attn"])
             if self.spec.uses_mask and kwargs.get("attention_mask") is not None:
                 out["attention_mask"] = conds.CONDRegular(kwargs["attention_mask"])
+            if self.spec.image_to_video and kwargs.get("clip_vision_output") is not None:
+                out["clip_fea"] = conds.CONDRegular(kwargs["clip_vision_output"].penultimate_hidden_states)
             return out
 
         def memory_required(self, input_shape, *args, **kwargs):  # 0.33+ also pass cond_shapes

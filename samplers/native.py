@@ -16,9 +16,12 @@ import torch
 
 from .sana import SANA_LATENT_SCALE, sana_memory_estimate
 from .wan import wan_memory_estimate
+from .wan_image import is_image_to_video, model_image_embeds
 
-# forward(x, timestep, context, attention_mask): the velocity; timestep is ComfyUI's sigma * 1000.
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# forward(x, timestep, context, attention_mask, concat, clip_features): the velocity; timestep is ComfyUI's
+# sigma * 1000; concat (image-to-video: mask and image latents, ComfyUI's c_concat) and clip_features (its clip_fea)
+# only for models that read them.
+Forward = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class NativeSpec:
     uses_mask: bool  # whether the CONDITIONING's attention mask reaches the model
     forward: Forward
     memory: Callable[[tuple], int]  # bytes of activations for one call on a [B, C, ...] input
+    image_to_video: bool = False  # ComfyUI builds c_concat (WAN21.concat_cond) and clip_fea for it
 
 
 def native_spec(transformer, info: dict) -> NativeSpec:
@@ -37,12 +41,12 @@ def native_spec(transformer, info: dict) -> NativeSpec:
     cannot drive through the plain model call."""
     family, variant = info.get("family"), info.get("variant")
     if family == "wan":
-        if variant.is_vace or variant.is_i2v:
-            kind = "VACE" if variant.is_vace else "image-to-video"
-            raise ValueError(f"This is a Wan {kind} model: it needs its control / image inputs, which the MODEL "
-                             "adapter does not pass. Sample it with the Wan Sampler.")
+        if variant.is_vace:
+            raise ValueError("This is a Wan VACE model: it needs its control inputs, which the MODEL adapter does not "
+                             "pass. Sample it with the Wan Sampler.")
         return NativeSpec("wan", variant.default_shift, transformer.config.out_channels, 1.0, False,
-                          _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape))
+                          _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape),
+                          is_image_to_video(transformer.config))
     if family == "sana":
         if variant.is_sprint:
             raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance "
@@ -54,10 +58,21 @@ def native_spec(transformer, info: dict) -> NativeSpec:
 
 
 def _wan_forward(transformer) -> Forward:
-    def forward(x, timestep, context, attention_mask=None):
+    config = transformer.config
+
+    def forward(x, timestep, context, attention_mask=None, concat=None, clip_features=None):
         # No mask: prompts are zero-padded to 512 tokens, as Wan was trained (and as samplers/wan.py and ComfyUI's
         # own Wan model run them).
-        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+        image = {}
+        if concat is not None:
+            x = torch.cat([x, concat.to(x.dtype)], dim=1)
+        if config.get("image_dim"):
+            if clip_features is None:
+                raise ValueError("This Wan image-to-video model reads CLIP image features: give WanImageToVideo (or "
+                                 "the pack's Wan Image to Video) a clip_vision_output.")
+            image["encoder_hidden_states_image"] = model_image_embeds(config, clip_features).to(x.dtype)
+        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False,
+                           **image)[0]
 
     return forward
 

@@ -174,26 +174,30 @@ def _check_frames_fit_model(config, concat: torch.Tensor) -> None:
 
 
 def _image_embeds(config, clip, batch: int, name: str, device, dtype) -> torch.Tensor | None:
-    image_dim = config.get("image_dim")
-    if not image_dim:
+    if not config.get("image_dim"):
         return None  # models without a CLIP image embedder ignore CLIP features, as in ComfyUI
     if clip is None:
         raise ValueError(f"This Wan image-to-video model reads CLIP image features and the {name} conditioning has "
                          "none: connect a CLIP Vision Encode (clip_vision_h) of the start image to the Wan Image to "
                          "Video node.")
-    embeds = clip["penultimate_hidden_states"].float()
-    if embeds.shape[-1] != image_dim:
-        raise ValueError(f"The CLIP features are {embeds.shape[-1]} wide; this model reads {image_dim} (CLIP ViT-H/14: "
-                         "load clip_vision_h.safetensors).")
-    embeds = _to_batch(embeds, batch, name)
-    images = config.pos_embed_seq_len
-    if images:  # FLF2V: diffusers' embedder folds [2B, tokens, D] into [B, 2 * tokens, D] itself
-        if embeds.shape[1] != images:
-            raise ValueError(f"This first-last-frame model reads the CLIP features of the start and the end image "
-                             f"({images} tokens) and got {embeds.shape[1]}: encode both images with CLIP Vision "
-                             "Encode and connect both to the Wan Image to Video node.")
-        embeds = embeds.reshape(-1, images // 2, embeds.shape[-1])
-    return embeds.to(device, dtype)
+    embeds = _to_batch(clip["penultimate_hidden_states"].float(), batch, name)
+    return model_image_embeds(config, embeds).to(device, dtype)
+
+
+def model_image_embeds(config, embeds: torch.Tensor) -> torch.Tensor:
+    """CLIP features [B, tokens, D] (start and end image joined for FLF2V, ComfyUI's form) -> what diffusers' image
+    embedder takes: the same, or [2B, tokens / 2, D] for FLF2V, whose embedder folds the pairs back itself."""
+    if embeds.shape[-1] != config.image_dim:
+        raise ValueError(f"The CLIP features are {embeds.shape[-1]} wide; this model reads {config.image_dim} (CLIP "
+                         "ViT-H/14: load clip_vision_h.safetensors).")
+    images = config.get("pos_embed_seq_len")
+    if not images:
+        return embeds
+    if embeds.shape[1] != images:
+        raise ValueError(f"This first-last-frame model reads the CLIP features of the start and the end image "
+                         f"({images} tokens) and got {embeds.shape[1]}: encode both images with CLIP Vision Encode "
+                         "and connect both to the Wan Image to Video node.")
+    return embeds.reshape(-1, images // 2, embeds.shape[-1])
 
 
 def _to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:

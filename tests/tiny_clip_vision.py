@@ -34,6 +34,29 @@ def tiny_clip_vision(seed: int = 0, **overrides) -> CLIPVisionModelWithProjectio
     return model.eval()
 
 
+def comfy_sized_clip_vision(seed: int = 0, layers: int = 2) -> CLIPVisionModelWithProjection:
+    """A CLIP tower as wide as ViT-H (1280, the width Wan's and ComfyUI's image embedder read) with few layers and a
+    small MLP: what the tiny I2V workflows use with the pack's loader, which reads the sizes off the weights."""
+    return tiny_clip_vision(seed, hidden_size=1280, intermediate_size=256, num_hidden_layers=layers,
+                            num_attention_heads=16, projection_dim=64)
+
+
+def real_size_clip_vision_file(path: str, seed: int = 0) -> str:
+    """A random-weight CLIP ViT-H/14 at its real size in Comfy-Org's layout (clip_vision_h.safetensors), fp16:
+    ComfyUI's native CLIPVisionLoader only builds the released sizes, so native/ours comparisons need it."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H)).state_dict().items()
+                  if not k.endswith("position_ids")}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, shape in shapes.items():
+        std = 0.02 if len(shape) == 1 else shape[-1] ** -0.5
+        base = 1.0 if "norm" in key and key.endswith("weight") else 0.0
+        tensors[key] = (base + torch.randn(shape, generator=generator) * std).half()
+    save_file(tensors, path)
+    return path
+
+
 def clip_image_processor() -> CLIPImageProcessor:
     """The preprocessor_config.json of the diffusers Wan I2V pipelines (image_processor/)."""
     return CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},

@@ -83,11 +83,28 @@ def write_wan_files(models: dict, directory: str) -> dict:
     }
 
 
+WAN_I2V_FILES = {"i2v": "wan2.1_i2v_tiny.safetensors", "flf2v": "wan2.1_flf2v_tiny.safetensors",
+                 "clip_vision": "clip_vision_h_tiny.safetensors"}
+
+
+def write_wan_image_to_video_files(models_dir: str, layouts: str) -> None:
+    """Tiny Wan2.1 I2V and FLF2V transformers (diffusion_models/) and a 1280-wide two-layer CLIP (clip_vision/) under
+    the names of WAN_I2V_FILES; the transformers' text and CLIP widths are the real ones native ComfyUI hard-codes."""
+    from tiny_clip_vision import comfy_sized_clip_vision, write_clip_layouts
+
+    for variant in ("i2v", "flf2v"):
+        written = write_wan_layouts(tiny_wan_transformer(variant, seed=11, text_dim=4096), os.path.join(layouts, variant))
+        shutil.copy(written["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_I2V_FILES[variant]))
+    clip = write_clip_layouts(comfy_sized_clip_vision(seed=12), os.path.join(layouts, "clip"))["comfy_safetensors"]
+    os.makedirs(os.path.join(models_dir, "clip_vision"), exist_ok=True)
+    shutil.copy(clip, os.path.join(models_dir, "clip_vision", WAN_I2V_FILES["clip_vision"]))
+
+
 def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
     """Every tiny model the example workflows load, under the names above, in ComfyUI's folders below `models_dir`:
-    Sana and Sana-Sprint with Gemma-2 and DC-AE, a Sana ControlNet (its control image in `input_dir`), Wan2.1 T2V and
-    VACE with UMT5 and the Wan VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096, which native ComfyUI
-    hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
+    Sana and Sana-Sprint with Gemma-2 and DC-AE, a Sana ControlNet (its control image in `input_dir`), Wan2.1 T2V,
+    I2V, FLF2V and VACE with UMT5, CLIP vision and the Wan VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096,
+    which native ComfyUI hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
     from tiny_lora import write_wan_loras
     from tiny_sana_controlnet import write_integration_files
     from tiny_wan_vace import WAN_VACE_FILE, tiny_vace_transformer, write_vace_layouts
@@ -99,6 +116,7 @@ def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
         place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, models_dir)
         vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
         shutil.copy(vace["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_VACE_FILE))
+        write_wan_image_to_video_files(models_dir, layouts)
     write_integration_files(os.path.join(models_dir, "controlnet"), input_dir)
     write_wan_loras(os.path.join(models_dir, "loras"))
 

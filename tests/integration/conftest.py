@@ -23,6 +23,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK_NAME = "comfyui-sana-wan"
 REAL_SIZE_WAN_VAE = "wan_2.1_vae_random_real_size.safetensors"
+REAL_SIZE_CLIP_VISION = "clip_vision_h_random_real_size.safetensors"
 # ComfyUI's input folder for Load Image / Load Video: sample_media's INPUT_IMAGE and INPUT_VIDEO (width, height, frames).
 INPUT_FOLDER, INPUT_SIZE = "input", (48, 32, 9)
 VRAM_FLAGS = {"--lowvram", "--novram", "--highvram", "--gpu-only"}
@@ -144,11 +145,13 @@ def run_comfy_job(script: str, job: dict, folder) -> None:
 def comfy_models_dir(tmp_path_factory):
     _require_comfyui()  # before writing models nobody would use
     from sample_media import write_sample_inputs
+    from tiny_clip_vision import real_size_clip_vision_file
     from tiny_models import real_size_wan_vae_file, write_all_in_comfy_folders
 
     root = str(tmp_path_factory.mktemp("comfy_models"))
     write_all_in_comfy_folders(root, os.path.join(root, INPUT_FOLDER))
     real_size_wan_vae_file(os.path.join(root, "vae", REAL_SIZE_WAN_VAE))
+    real_size_clip_vision_file(os.path.join(root, "clip_vision", REAL_SIZE_CLIP_VISION))
     write_sample_inputs(os.path.join(root, INPUT_FOLDER), *INPUT_SIZE)
     _link_example_names(root)
     return root
@@ -186,7 +189,7 @@ def _running_server(tmp_path_factory, models_dir: str, memory_flags: tuple[str, 
     config = work / "extra_model_paths.yaml"
     config.write_text(
         f"sana_wan_tests:\n  base_path: {models_dir}\n  diffusion_models: diffusion_models\n"
-        f"  text_encoders: text_encoders\n  vae: vae\n  controlnet: controlnet\n  loras: loras\n"
+        f"  text_encoders: text_encoders\n  vae: vae\n  controlnet: controlnet\n  loras: loras\n  clip_vision: clip_vision\n"
         f"  custom_nodes: {custom_nodes}\n"
     )
     port = _free_port()
