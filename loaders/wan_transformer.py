@@ -73,6 +73,7 @@ _ROLES = {
 }
 
 _SIZES = {(1536, 30): "1.3B", (5120, 40): "14B"}
+_LOW_RES_AREA = 832 * 480
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ class WanVariant:
     is_i2v: bool
     latent_channels: int
     is_vace: bool = False  # a VACE model: it samples with a Wan VACE Conditioning (controlnet/wan_vace.py)
+    # The shift at 832x480 and below, where the model's own default differs there (Wan's generate.py: I2V 3.0).
+    low_res_shift: float | None = None
+
+    def shift_for(self, width: int, height: int) -> float:
+        """The default flow shift for a video of this size."""
+        small = self.low_res_shift is not None and width * height <= _LOW_RES_AREA
+        return self.low_res_shift if small else self.default_shift
 
 
 def load_wan_transformer(path: str, dtype: torch.dtype | None = None,
@@ -170,7 +178,8 @@ def dequantise_fp8(state_dict: dict, dtype: torch.dtype) -> dict:
 
 
 def wan_variant(config: dict) -> WanVariant:
-    """Name and sampling defaults: the Wan README runs the 1.3B at shift 8 and cfg 6 (480p), the rest at 5 and 5."""
+    """Name and sampling defaults: the Wan README runs the 1.3B at shift 8 and cfg 6 (480p), the rest at 5 and 5;
+    Wan's generate.py gives image-to-video 40 steps and shift 3 at 832x480, first-last-frame (and VACE 14B) shift 16."""
     width = config["num_attention_heads"] * config["attention_head_dim"]
     size = _SIZES.get((width, config["num_layers"]))
     is_i2v, is_vace = config.get("image_dim") is not None, bool(config.get("vace_layers"))
@@ -178,9 +187,11 @@ def wan_variant(config: dict) -> WanVariant:
     layers = config["num_layers"]
     name = f"Wan2.1 {task} {size}" if size else f"Wan2.1-like {task} transformer ({width} wide, {layers} layers)"
     small = size == "1.3B"
+    shift = 16.0 if task == "FLF2V" else 8.0 if small else 5.0
     return WanVariant(
-        name=name, default_shift=8.0 if small else 5.0, default_cfg=6.0 if small else 5.0, default_steps=50,
+        name=name, default_shift=shift, default_cfg=6.0 if small else 5.0, default_steps=40 if task == "I2V" else 50,
         is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace,
+        low_res_shift=3.0 if task == "I2V" else None,
     )
 
 

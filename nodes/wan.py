@@ -54,7 +54,9 @@ class WanSampler:
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
             "cfg": cfg_input(6.0),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                "tooltip": "Flow shift; 0 = the model's default (8.0 for 1.3B, 5.0 for 14B)."}),
+                                "tooltip": ("Flow shift; 0 = the model's default: 8.0 for 1.3B, 5.0 for 14B, for "
+                                            "image-to-video 3.0 up to 832x480 and 5.0 above, 16.0 for "
+                                            "first-last-frame.")}),
             "solver": (list(SOLVERS), {"default": "flow_unipc",
                                        "tooltip": ("flow_unipc (bh2) is Wan's own solver; flow_euler, flow_heun (2 "
                                                    "model calls a step) and flow_dpmpp_2m are the others.")}),
@@ -66,7 +68,8 @@ class WanSampler:
 
     def sample(self, model, positive, negative, latent, seed, steps, cfg, shift, solver, schedule, denoise,
                guidance=None, sigmas=None):
-        shift = shift or model.info["variant"].default_shift
+        height, width = (8 * side for side in latent["samples"].shape[-2:])
+        shift = shift or model.info["variant"].shift_for(width, height)
         validate_sampling(steps, cfg, denoise, shift)
         check_wan_latent(latent["samples"], model.module.config.out_channels)
         one_pass = wan_memory_estimate(model.module, latent["samples"].shape)

@@ -204,3 +204,17 @@ def test_bad_node_inputs_are_clear_errors(models):
     with pytest.raises(ValueError, match="overlap"):
         node().apply([], [], vae, 64, 48, FRAMES, 1, _image(64, 48, 1).repeat(3, 1, 1, 1),
                      _image(64, 48, 2).repeat(3, 1, 1, 1))
+
+
+def test_default_shift_follows_wan_for_image_to_video(models):
+    """shift 0 is the model's default: image-to-video at 832x480 and below samples at 3.0 (Wan's generate.py)."""
+    start = _image(64, 48, 1)
+    positive, negative, latent = _conditioned(models, "i2v", start, None, _clip(models, start), None)
+    (model,) = NODES["WanTransformerLoader"]().load(models["paths"]["i2v"], "fp32")
+
+    def sample(shift):
+        return NODES["WanSampler"]().sample(model, positive, negative, latent, SEED, 2, CFG, shift, "flow_euler",
+                                            "default", 1.0)[0]["samples"]
+
+    default = sample(0.0)
+    assert torch.equal(default, sample(3.0)) and not torch.equal(default, sample(5.0))

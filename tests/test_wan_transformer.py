@@ -258,7 +258,11 @@ def test_14b_config_is_inferred_and_maps_completely(manifests_dir, task, name, i
     assert_same_layout(converted, meta_model_state_dict(config))
     variant = wan_variant(config)
     assert variant.name == name and variant.is_i2v == (task != "t2v")
-    assert (variant.default_shift, variant.default_cfg) == (5.0, 5.0)
+    # Wan's generate.py: I2V 40 steps and shift 3.0 at 832x480 (5.0 above), FLF2V shift 16
+    shift, low_res_shift, steps = {"t2v": (5.0, 5.0, 50), "i2v": (5.0, 3.0, 40), "flf2v": (16.0, 16.0, 50)}[task]
+    assert (variant.default_shift, variant.default_cfg, variant.default_steps) == (shift, 5.0, steps)
+    assert (variant.shift_for(832, 480), variant.shift_for(480, 832), variant.shift_for(1280, 720)) == (
+        low_res_shift, low_res_shift, shift)
 
 
 def test_tiny_variant_gets_a_generic_name(written):

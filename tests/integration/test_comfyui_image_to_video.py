@@ -47,6 +47,7 @@ def _graph(variant: str) -> dict:
         "vae": _node("WanVAELoader", vae_name=REAL_SIZE_WAN_VAE, dtype="fp32"),
         "wan": _node("WanTransformerLoader", model_name=WAN_I2V_FILES[variant], dtype="fp32"),
         "adapter": _node("WanModelToMODEL", model=["wan", 0]),
+        "adapter_shift": _node("ModelSamplingSD3", model=["adapter", 0], shift=SHIFT),
         "cond": _node("WanImageToVideoConditioning", positive=["enc", 0], negative=["enc", 1], vae=["vae", 0],
                       **size, start_image=["image", 0], clip_vision_start_image=["start_features", 0],
                       **({"end_image": ["end", 0], "clip_vision_end_image": ["end_features", 0]} if first_last else {})),
@@ -72,7 +73,7 @@ def _graph(variant: str) -> dict:
         "native": ksampler("n_shift", "n_cond"),  # all native
         "ours": ours("cond"),  # all the pack's
         "ours_on_native_cond": ours("n_cond"),  # native CLIP and conditioning, the pack's sampler
-        "adapter_on_our_cond": ksampler("adapter", "cond"),  # the pack's conditioning, the core KSampler
+        "adapter_on_our_cond": ksampler("adapter_shift", "cond"),  # the pack's conditioning, the core KSampler
     })
     for name in ("native", "ours", "ours_on_native_cond", "adapter_on_our_cond"):
         graph[f"save_{name}"] = _node("SaveLatent", samples=[name, 0], filename_prefix=f"i2v/{variant}_{name}")
