@@ -67,9 +67,17 @@ def load_clip_vision(path: str, dtype: torch.dtype | None = None) -> CLIPVisionM
         config, state_dict = _read_folder(path)
     else:
         _require_clip(checkpoint_keys(path), name)
-        state_dict = to_transformers_layout(strip_prefix(load_state_dict(path), _FILE_PREFIXES))
-        config = clip_vision_config(tensor_shapes(state_dict))
-    state_dict.pop("vision_model.embeddings.position_ids", None)  # a buffer older transformers versions saved
+        config, state_dict = None, to_transformers_layout(strip_prefix(load_state_dict(path), _FILE_PREFIXES))
+    return clip_vision_from_state_dict(state_dict, name, dtype, config)
+
+
+def clip_vision_from_state_dict(state_dict: dict, name: str, dtype: torch.dtype | None = None,
+                                config: CLIPVisionConfig | None = None):
+    """The tower holding a transformers-layout state dict (meta tensors build a meta model), its config from the
+    shapes unless given; ValueError when the tensors do not fill it exactly."""
+    # older transformers versions saved the position_ids buffer
+    state_dict = {k: v for k, v in state_dict.items() if k != "vision_model.embeddings.position_ids"}
+    config = config or clip_vision_config(tensor_shapes(state_dict))
     dtype = dtype or stored_dtype(state_dict)
     with_projection = "visual_projection.weight" in state_dict
     with torch.device("meta"):

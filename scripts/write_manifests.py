@@ -23,10 +23,12 @@ from typing import Callable, NamedTuple
 import torch
 from diffusers import (AutoencoderDC, AutoencoderKLWan, SanaControlNetModel, SanaTransformer2DModel,
                        WanTransformer3DModel)
-from transformers import Gemma2Config, Gemma2ForCausalLM, UMT5Config, UMT5EncoderModel
+from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, Gemma2Config, Gemma2ForCausalLM,
+                          UMT5Config, UMT5EncoderModel)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from conftest import MANIFESTS  # noqa: E402  (conftest also imports the pack as `sana_wan`, which tiny_umt5 needs)
+import tiny_clip_vision  # noqa: E402
 import tiny_sana  # noqa: E402
 import tiny_umt5  # noqa: E402
 import tiny_wan  # noqa: E402
@@ -58,6 +60,11 @@ WAN21_T2V_1_3B = {
     "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30,
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "image_dim": None, "added_kv_proj_dim": None,
 }
+# Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json (-720P-Diffusers: the same shapes)
+WAN21_I2V_14B = {**WAN21_T2V_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40, "in_channels": 36,
+                 "image_dim": 1280, "added_kv_proj_dim": 5120}
+# Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers transformer/config.json
+WAN21_FLF2V_14B = {**WAN21_I2V_14B, "pos_embed_seq_len": 514}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json
 WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True]}
@@ -82,6 +89,16 @@ def _gemma() -> dict:
 
 def _umt5() -> dict:
     return _meta(UMT5EncoderModel, UMT5Config(**UMT5_XXL)).state_dict()
+
+
+def _clip_vision_h() -> dict:
+    """CLIPVisionModelWithProjection's keys (transformers 4 and 5 alike: `vision_model.*`, `visual_projection`)."""
+    model = _meta(CLIPVisionModelWithProjection, CLIPVisionConfig(**tiny_clip_vision.VIT_H))
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+
+
+def _wan(config: dict) -> dict:
+    return _meta(WanTransformer3DModel, **config).state_dict()
 
 
 def _wan_vae() -> dict:
@@ -119,6 +136,27 @@ def _sana_original(config: dict, repo: str, dtype: str, pth: str, extras: str = 
 
 
 LAYOUTS = {
+    "clip_vision_h": Layout(
+        _clip_vision_h, "F16",
+        "transformers CLIPVisionModelWithProjection, laion/CLIP-ViT-H-14-laion2B-s32B-b79K vision_config (= "
+        "ComfyUI's comfy/clip_vision_config_h.json: 1280 wide, 32 layers, 16 heads, MLP 5120, 224 px, patch 14, "
+        "projection 1024), meta device",
+        "Comfy-Org/Wan_2.1_ComfyUI_repackaged split_files/clip_vision/clip_vision_h.safetensors, F16: Wan2.1 "
+        "image-to-video's CLIP image encoder."),
+    "clip_vision_h_diffusers_image_encoder": Layout(
+        lambda: {k: v for k, v in _clip_vision_h().items() if not k.startswith("visual_projection")}, "F32",
+        "clip_vision_h without the projection: transformers CLIPVisionModel as transformers 4 saved it (keys under "
+        "'vision_model.'), Wan-AI/Wan2.1-I2V-14B-480P-Diffusers image_encoder/config.json, meta device",
+        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, -720P-Diffusers and Wan2.1-FLF2V-14B-720P-diffusers "
+        "image_encoder/model.safetensors, F32 (beside image_processor/preprocessor_config.json)."),
+    "clip_vision_h_wan_original": Layout(
+        lambda: tiny_clip_vision.to_wan_original(_clip_vision_h()), "F16",
+        "original Wan2.1 CLIP (wan/modules/clip.py VisionTransformer under 'visual.': fused to_qkv, batched "
+        "cls_embedding / pos_embedding, head = projection transposed): clip_vision_h through "
+        "tests/tiny_clip_vision.py to_wan_original",
+        "Wan-AI/Wan2.1-I2V-14B-480P (and -720P, FLF2V-14B-720P) models_clip_open-clip-xlm-roberta-large-vit-huge-14"
+        ".pth, F16: these 'visual.' keys plus the XLM-RoBERTa text tower ('textual.*') and 'log_scale', which Wan "
+        "never runs and the loader drops."),
     "dcae_f32c32_diffusers": Layout(
         lambda: _meta(AutoencoderDC, **SANA_DCAE_CONFIG).state_dict(), "F32",
         "diffusers AutoencoderDC, mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers config.json (tests/tiny_dcae.py "
@@ -188,6 +226,28 @@ LAYOUTS = {
         "to_wan_original",
         "Wan-AI/Wan2.1-T2V-1.3B (and the other Wan2.1 releases) models_t5_umt5-xxl-enc-bf16.pth: a plain state "
         "dict (load with weights_only=True), BF16."),
+    "wan21_flf2v_14b_diffusers": Layout(
+        lambda: _wan(WAN21_FLF2V_14B), "F32",
+        "diffusers WanTransformer3DModel, Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers transformer/config.json, meta device",
+        "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers transformer/diffusion_pytorch_model-0000N-of-0000M.safetensors, F32. "
+        "I2V's tensors plus the image tokens' position embedding (2 x 257 CLIP tokens)."),
+    "wan21_flf2v_14b_original": Layout(
+        lambda: tiny_wan.diffusers_to_original(_wan(WAN21_FLF2V_14B)), "F16",
+        "original Wan2.1 WanModel names: wan21_flf2v_14b_diffusers through tests/tiny_wan.py diffusers_to_original",
+        "Wan-AI/Wan2.1-FLF2V-14B-720P diffusion_pytorch_model-0000N-of-00007.safetensors; Comfy-Org "
+        "wan2.1_flf2v_720p_14B_fp16.safetensors (F16, also _fp8_e4m3fn): these keys. img_emb.emb_pos is the key "
+        "diffusers' single-file converter leaves unmapped."),
+    "wan21_i2v_14b_diffusers": Layout(
+        lambda: _wan(WAN21_I2V_14B), "F32",
+        "diffusers WanTransformer3DModel, Wan-AI/Wan2.1-I2V-14B-480P-Diffusers transformer/config.json, meta device",
+        "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers and -720P-Diffusers transformer/diffusion_pytorch_model-0000N-of-"
+        "0000M.safetensors, F32 (the two differ in training resolution, not in shapes)."),
+    "wan21_i2v_14b_original": Layout(
+        lambda: tiny_wan.diffusers_to_original(_wan(WAN21_I2V_14B)), "F16",
+        "original Wan2.1 WanModel names: wan21_i2v_14b_diffusers through tests/tiny_wan.py diffusers_to_original",
+        "Wan-AI/Wan2.1-I2V-14B-480P / -720P diffusion_pytorch_model-0000N-of-00007.safetensors; Comfy-Org "
+        "wan2.1_i2v_480p_14B_fp16 / wan2.1_i2v_720p_14B_fp16.safetensors (F16; _bf16, _fp8_e4m3fn and "
+        "_fp8_scaled variants: same keys, fp8 ones with ComfyUI's scale tensors)."),
     "wan21_t2v_1_3b_diffusers": Layout(
         lambda: _meta(WanTransformer3DModel, **WAN21_T2V_1_3B).state_dict(), "F32",
         "diffusers WanTransformer3DModel, Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json, meta device",

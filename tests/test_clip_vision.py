@@ -90,3 +90,19 @@ def test_dtype_and_wrong_files_are_clear(paths, tmp_path):
         load_clip_vision(paths["comfy_safetensors"], torch.int8)
     with pytest.raises(ValueError, match="must be an IMAGE"):
         encode_clip_vision(load_clip_vision(paths["comfy_safetensors"]), torch.zeros(224, 224, 3))
+
+
+@pytest.mark.parametrize("manifest", ["clip_vision_h", "clip_vision_h_diffusers_image_encoder",
+                                      "clip_vision_h_wan_original"])
+def test_real_vit_h_layouts_map_completely_on_meta(manifests_dir, manifest):
+    from test_wan_transformer import read_manifest
+
+    from sana_wan.loaders.clip_vision import clip_vision_from_state_dict, to_transformers_layout
+    model = clip_vision_from_state_dict(to_transformers_layout(read_manifest(manifests_dir, manifest)), manifest)
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (1280, 32, 16)
+    assert (config.intermediate_size, config.image_size, config.patch_size, config.hidden_act) == (5120, 224, 14,
+                                                                                                    "gelu")
+    assert hasattr(model, "visual_projection") == (manifest != "clip_vision_h_diffusers_image_encoder")
+    assert all(p.is_meta for p in model.parameters())
+    assert 6.3e8 < sum(p.numel() for p in model.parameters()) < 6.35e8  # ViT-H/14's 632 M (+ 1.3 M projection)

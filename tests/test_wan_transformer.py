@@ -195,7 +195,25 @@ def test_unsupported_dtype_is_refused(written):
 
 def test_every_wan_transformer_manifest_is_covered(manifests_dir):
     names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(manifests_dir, "wan*.json"))}
-    assert {n for n in names if "_vae_" not in n} == {"wan21_t2v_1_3b_original", "wan21_t2v_1_3b_diffusers"}
+    assert {n for n in names if "_vae_" not in n} == {
+        f"wan21_{model}_{layout}" for model in ("t2v_1_3b", "i2v_14b", "flf2v_14b") for layout in ("original",
+                                                                                                 "diffusers")}
+
+
+@pytest.mark.parametrize(("model", "name", "pos_tokens"), [("i2v_14b", "Wan2.1 I2V 14B", None),
+                                                           ("flf2v_14b", "Wan2.1 FLF2V 14B", 514)])
+def test_real_14b_image_to_video_layouts_map_completely_on_meta(manifests_dir, model, name, pos_tokens):
+    """Wan2.1 I2V-14B-480P / -720P and FLF2V-14B-720P as released (Wan-AI, Comfy-Org, diffusers)."""
+    layouts = {layout: read_manifest(manifests_dir, f"wan21_{model}_{layout}") for layout in ("original", "diffusers")}
+    converted = convert_original_to_diffusers(layouts["original"])
+    assert_same_layout(converted, layouts["diffusers"])
+    for state_dict in layouts.values():
+        config = wan_config_from_shapes({k: tuple(v.shape) for k, v in state_dict.items()})
+        assert (config["num_attention_heads"], config["num_layers"], config["ffn_dim"]) == (40, 40, 13824)
+        assert (config["in_channels"], config["out_channels"], config["image_dim"]) == (36, 16, 1280)
+        assert (config["added_kv_proj_dim"], config["pos_embed_seq_len"]) == (5120, pos_tokens)
+        assert_same_layout(converted, meta_model_state_dict(config))
+        assert wan_variant(config).name == name
 
 
 def test_real_1_3b_layouts_map_completely_on_meta(manifests_dir):

@@ -13,7 +13,7 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
 TINY_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=1, image_size=224,
                  patch_size=14, projection_dim=32, hidden_act="gelu", layer_norm_eps=1e-5)
@@ -57,8 +57,10 @@ def real_size_clip_vision_file(path: str, seed: int = 0) -> str:
     return path
 
 
-def clip_image_processor() -> CLIPImageProcessor:
+def clip_image_processor():
     """The preprocessor_config.json of the diffusers Wan I2V pipelines (image_processor/)."""
+    from transformers import CLIPImageProcessor  # imported here: it warns when torchvision is absent
+
     return CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
                               do_center_crop=True, do_normalize=True, do_resize=True, do_rescale=True,
                               resample=3, image_mean=[0.48145466, 0.4578275, 0.40821073],
