@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import (
 )
 
 from .guidance import _finite
+from .speed import register_blocks
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -181,6 +182,7 @@ class SkipLayerGuidance(PerturbedGuidance):
     def perturbed(self, transformer):
         """diffusers' layer-skip hooks on the chosen blocks, removed afterwards."""
         name = "sana_wan_skip_layer_guidance"
+        register_blocks(transformer)  # the blocks of a LoRA'd or partly loaded model are cast-on-call subclasses
         _apply_layer_skip_hook(transformer, LayerSkipConfig(list(self.layers), fqn="blocks"), name=name)
         try:
             yield

@@ -173,10 +173,10 @@ def _block_metadata(cls: type) -> TransformerBlockMetadata | None:
         return None
 
 
-def _register_blocks(transformer) -> None:
-    """Tell diffusers' cache hooks what this model's blocks take and return. The hooks look a block's class up
-    exactly: diffusers registers Wan's block class but not Sana's (SanaTransformer2DModel has no CacheMixin), and
-    the cast-on-call layers (loaders/cast_layers.py) are subclasses. A class gets its nearest registered base's
+def register_blocks(transformer) -> None:
+    """Tell diffusers' block hooks (caches, layer skipping) what this model's blocks take and return. The hooks look
+    a block's class up exactly: diffusers registers Wan's block class but not Sana's (SanaTransformer2DModel has no
+    CacheMixin), and the cast-on-call layers (loaders/cast_layers.py) are subclasses. A class gets its nearest registered base's
     entry, else Sana's (the block returns the hidden states alone). Adds entries to diffusers' registry only."""
     for cls in {type(block) for block in repeated_blocks(transformer)}:
         if _block_metadata(cls) is None:
@@ -192,7 +192,7 @@ def _cache_config(options: SpeedOptions, transformer, family: str, calls: int):
     if hasattr(transformer, "vace_blocks"):
         raise ValueError("Step caching does not combine with a Wan VACE model: the cached residual already holds the "
                          "VACE hints, which the model adds again. Set the cache to none in Wan Speed Options.")
-    _register_blocks(transformer)
+    register_blocks(transformer)
     if options.cache == "first_block":
         return FirstBlockCacheConfig(threshold=options.threshold), apply_first_block_cache
     if family != "wan" or transformer.config.in_channels != transformer.config.out_channels:

@@ -146,6 +146,18 @@ def test_skip_layer_guidance_equals_diffusers_guider(wan, window, rescale):
         not wan["model"].blocks[1]._diffusers_hook.hooks, "the skip hooks are removed after the forward"
 
 
+def test_skip_layer_guidance_on_cast_on_call_blocks_equals_the_plain_model(wan):
+    """A LoRA'd or partly loaded model's blocks are cast-on-call subclasses (loaders/cast_layers.py), which
+    diffusers' layer-skip hook must still recognise as Wan blocks."""
+    import copy
+
+    from sana_wan.loaders.cast_layers import install
+    guidance = SkipLayerGuidance(3.0, (1,), 5.0, 0.0, 0.8)
+    cast = {**wan, "model": install(copy.deepcopy(wan["model"]))}
+    assert type(cast["model"].blocks[1]) is not type(wan["model"].blocks[1])
+    assert torch.equal(_wan_ours(cast, guidance), _wan_ours(wan, guidance))
+
+
 def test_skip_layer_forwards_only_in_the_window(wan):
     sizes = []
     handle = wan["model"].register_forward_pre_hook(lambda *_: sizes.append(1))
