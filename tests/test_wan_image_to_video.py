@@ -218,3 +218,47 @@ def test_default_shift_follows_wan_for_image_to_video(models):
 
     default = sample(0.0)
     assert torch.equal(default, sample(3.0)) and not torch.equal(default, sample(5.0))
+
+
+def test_lora_batched_guidance_speed_and_fp8_storage_work_with_image_to_video(models, tmp_path):
+    """The sampler's other inputs on an I2V model: a LoRA on every attention layer, the image layers included,
+    equals the merged weights; cond and uncond in one batch equal two forwards; skip-layer guidance, APG and a cache
+    at threshold 0 run on the image inputs; fp8 weight storage stays close to the full-precision run."""
+    import copy
+
+    from safetensors.torch import save_file
+    from tiny_lora import WAN_LAYERS, make_lora, peft
+
+    from sana_wan.samplers.speed import SpeedOptions
+    start = _image(64, 48, 1)
+    conditioned = _conditioned(models, "i2v", start, None, _clip(models, start), None)
+    (model,) = NODES["WanTransformerLoader"]().load(models["paths"]["i2v"], "fp32")
+
+    def sample(handle, guidance=None, batched=False, speed=None):
+        from sana_wan.samplers.wan import sample_wan
+        positive, negative, latent = conditioned
+        with torch.inference_mode():
+            return sample_wan(handle.load(), latent, positive, negative, SEED, 3, CFG, SHIFT, "flow_unipc",
+                              guidance=guidance, batched=batched, speed=speed).cpu()
+
+    plain = sample(model)
+    lora = make_lora(models["i2v"], WAN_LAYERS + ("attn2.add_k_proj", "attn2.add_v_proj"), seed=3)
+    save_file(peft(lora), str(tmp_path / "i2v_lora.safetensors"))
+    (patched,) = NODES["WanLoraLoader"]().load(model, str(tmp_path / "i2v_lora.safetensors"), 0.7)
+    merged = copy.deepcopy(models["i2v"])
+    with torch.no_grad():
+        parameters = dict(merged.named_parameters())
+        for layer, (down, up) in lora.items():
+            parameters[layer + ".weight"] += 0.7 * (up.flatten(1) @ down.flatten(1)).view_as(parameters[layer + ".weight"])
+    from sana_wan import comfy_bridge as bridge
+    reference = sample(bridge.ModelHandle(merged, "diffusion"))
+    assert (sample(patched) - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert (reference - plain).abs().max() > 1e-3, "the LoRA changes the video"
+    assert (sample(model, batched=True) - plain).abs().max() <= 1e-5 * plain.abs().max()
+    skip = NODES["GuidanceSkipLayer"]().build(3.0, "1", CFG, 0.0, 1.0)[0]
+    apg = NODES["GuidanceAPG"]().build(CFG, 0.0, 0.0, 0.0, 0.0, 1.0)[0]
+    for guided in (sample(model, skip), sample(model, apg)):
+        assert torch.isfinite(guided).all() and (guided - plain).abs().max() > 1e-4
+    assert torch.equal(sample(model, speed=SpeedOptions(cache="first_block", threshold=0.0)), plain)
+    (fp8,) = NODES["WanTransformerLoader"]().load(models["paths"]["i2v"], "fp32", "fp8_e4m3fn")
+    assert 0 < (sample(fp8) - plain).abs().max() <= 0.05 * plain.abs().max()
