@@ -44,7 +44,8 @@ def _parse(argv):
                         help="ComfyUI's Python interpreter (default: found next to ComfyUI, see above)")
     parser.add_argument("--tiny", action="store_true", help="write tiny demo models and sample inputs")
     parser.add_argument("--download", nargs="+", metavar="SET", default=[],
-                        help="download the real models of these sets from scripts/models.json (sana, sana_sprint, wan)")
+                        help=("download the real models of these sets from scripts/models.json (sana, sana_sprint, wan, "
+                              "wan_i2v, wan_flf2v)"))
     parser.add_argument("--record", action="store_true",
                         help="with --download: write each file's size and SHA-256 into scripts/models.json")
     parser.add_argument("--allow-unverified", action="store_true",

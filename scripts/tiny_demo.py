@@ -3,9 +3,9 @@
     python scripts/tiny_demo.py --models COMFYUI/models --input COMFYUI/input   # in ComfyUI's Python (needs torch)
     python scripts/tiny_demo.py --twins     # rewrite workflows/tiny/ from workflows/api/ (after editing an example)
 
-The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Wan2.1 T2V and VACE,
-two Wan LoRAs, their text encoders and VAEs; a few MB, for trying the graphs and the API, not for pictures), and
-the sample inputs the examples load (`input_image.png`, `input_video.mp4`, `control_video.mp4`, `reference.png`,
+The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Wan2.1 T2V, I2V,
+FLF2V and VACE, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying the graphs and the
+API, not for pictures), and the sample inputs the examples load (`input_image.png`, `input_video.mp4`, `control_video.mp4`, `reference.png`,
 `sana_controlnet_hed.png`: synthetic, a square moving over a gradient, and an edge map).
 
 A tiny twin (workflows/tiny/NAME.json) is the API workflow workflows/api/NAME.json with every real file name
@@ -41,13 +41,15 @@ SETTINGS = {
     "wan_video_to_video": {"7": {"length": WAN_FRAMES}, "8": WAN_SIZE, "10": {"steps": 4}},
     "wan_vace_control": {"7": {"length": WAN_FRAMES}, "8": WAN_SIZE, "10": {**WAN_SIZE, "length": WAN_FRAMES},
                          "11": {"steps": 3}},
+    "wan_image_to_video": {"10": {**WAN_SIZE, "length": WAN_FRAMES}, "11": {"steps": 3}},
+    "wan_first_last_frame": {"10": {**WAN_SIZE, "length": WAN_FRAMES}, "11": {"steps": 3}},
 }
 
 
 def tiny_names() -> dict[str, str]:
     """Real file name in the examples -> the tiny file's name."""
     from tiny_lora import WAN_LORA_FILES
-    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES
+    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, WAN_I2V_FILES
     from tiny_sana_controlnet import CONTROL_IMAGE, CONTROLNET_FILE
     from tiny_wan_vace import WAN_VACE_FILE
 
@@ -58,6 +60,9 @@ def tiny_names() -> dict[str, str]:
         "wan2.1_t2v_1.3B_fp16.safetensors": WAN_FILES["transformer"], "wan2.1_vace_1.3B_fp16.safetensors": WAN_VACE_FILE,
         "umt5_xxl_fp8_e4m3fn_scaled.safetensors": WAN_FILES["text_encoder"], "wan_2.1_vae.safetensors": WAN_FILES["vae"],
         "wan_style_lora.safetensors": WAN_LORA_FILES[0], "wan_motion_lora.safetensors": WAN_LORA_FILES[1],
+        "wan2.1_i2v_480p_14B_fp16.safetensors": WAN_I2V_FILES["i2v"],
+        "wan2.1_flf2v_720p_14B_fp16.safetensors": WAN_I2V_FILES["flf2v"],
+        "clip_vision_h.safetensors": WAN_I2V_FILES["clip_vision"],
     }
 
 

@@ -229,11 +229,13 @@ def test_the_real_manifest_names_what_the_example_workflows_load():
             placed.update((folder, f.get("as", os.path.basename(f["path"]))) for f in entry["files"])
     folders = {"SanaTransformerLoader": "diffusion_models", "WanTransformerLoader": "diffusion_models",
                "SanaTextEncoderLoader": "text_encoders", "WanTextEncoderLoader": "text_encoders",
-               "DCAELoader": "vae", "WanVAELoader": "vae"}
+               "DCAELoader": "vae", "WanVAELoader": "vae", "WanCLIPVisionLoader": "clip_vision"}
     api = os.path.join(ROOT, "workflows", "api")
-    for name in ("sana_text_to_image.json", "sana_sprint_text_to_image.json", "wan_text_to_video.json"):
+    for name in ("sana_text_to_image.json", "sana_sprint_text_to_image.json", "wan_text_to_video.json",
+                 "wan_image_to_video.json", "wan_first_last_frame.json"):
         with open(os.path.join(api, name)) as f:
             for node in json.load(f).values():
                 if node["class_type"] in folders:
-                    file = node["inputs"].get("model_name", node["inputs"].get("vae_name"))
+                    inputs = node["inputs"]
+                    file = inputs.get("model_name", inputs.get("vae_name", inputs.get("clip_name")))
                     assert (folders[node["class_type"]], file) in placed, (name, node)
