@@ -27,7 +27,7 @@ PROMPTS = ["a red kite over the dunes", "a lighthouse in a storm"]
 NEGATIVE = "blurry, static"
 FRAMES, SEED, SHIFT, STEPS, CFG = 5, 7, 5.0, 4, 5.0
 CLIP_WIDTH = 64
-# measured: frames <= 3.0e-6, latents <= 2.4e-6 (largest values ~1 and ~4)
+# measured: latents bit-identical (0) in every case; frames 0, 2.2e-6 for two prompts (values 0..1)
 FRAMES_TOLERANCE, LATENT_TOLERANCE = 1e-4, 1e-5
 
 
@@ -120,9 +120,12 @@ def test_nodes_equal_wan_image_to_video_pipeline(models, case):
     reference_latents, reference_frames = _run_reference(models, variant, width, height, start, end, prompts, solver,
                                                          None if own_clip else features)
     assert samples["samples"].shape == reference_latents.shape
-    assert (samples["samples"] - reference_latents).abs().max() <= LATENT_TOLERANCE
     assert frames.shape == reference_frames.shape == (len(prompts) * FRAMES, height, width, 3)
-    assert (frames - reference_frames).abs().max() <= FRAMES_TOLERANCE
+    latent_delta = (samples["samples"] - reference_latents).abs().max().item()
+    frame_delta = (frames - reference_frames).abs().max().item()
+    print(f"{case}: latents max|Δ| {latent_delta:.3g} ({latent_delta / reference_latents.abs().max().item():.3g} of "
+          f"the largest), frames {frame_delta:.3g}")
+    assert latent_delta <= LATENT_TOLERANCE and frame_delta <= FRAMES_TOLERANCE
     assert frames.std() > 0.01, "a flat video would make the comparison meaningless"
 
 
