@@ -35,7 +35,8 @@ class SanaModelToMODEL(_ModelToNative):
 
 class WanModelToMODEL(_ModelToNative):
     INPUT_TYPE = "WAN_MODEL"
-    DESCRIPTION = _DESCRIPTION.format(family="Wan2.1 text-to-video", shifts="8.0 for 1.3B, 5.0 for 14B")
+    DESCRIPTION = _DESCRIPTION.format(family="Wan2.1 (text-, image- and first-last-frame-to-video)",
+                                      shifts="8.0 for 1.3B, 5.0 for 14B, 16.0 for FLF2V")
 
 
 NODE_CLASS_MAPPINGS = {"SanaModelToMODEL": SanaModelToMODEL, "WanModelToMODEL": WanModelToMODEL}
