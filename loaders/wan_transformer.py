@@ -2,7 +2,8 @@
 `WanTransformer3DModel`.
 
 The architecture is read from the tensors themselves, never from the file name: users rename files, and one loader
-node must take the 1.3B and 14B text-to-video and the 14B image-to-video models in every layout.
+node must take the 1.3B and 14B text-to-video and the 14B image-to-video models in every layout (and the VACE and
+Fun-Camera add-ons: a Fun-Camera file gets the camera adapter of controlnet/wan_camera.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
+from ..controlnet.wan_camera import attach_camera_adapter
 from .checkpoint import (
     checkpoint_keys, load_folder_state_dict, load_state_dict, read_json, strip_prefix, weight_files_in_folder,
 )
@@ -34,6 +36,7 @@ _HEAD_DIM = 128
 # Wan2.1 latents have 16 channels; the image-to-video models add 4 mask and 16 image-latent channels.
 _LATENT_CHANNELS = 16
 _I2V_IN_CHANNELS = 36
+_CAMERA_IN_CHANNELS = 32  # Wan2.1 Fun-Camera: the start image's latent, no mask channels (ComfyUI's WAN21_Camera)
 _WAN22_LATENT_CHANNELS = 48
 
 # ComfyUI's scaled fp8: a `scaled_fp8` marker tensor, Linear layers held in fp8 (biases too, unscaled) and a float32
@@ -49,11 +52,15 @@ _FP8_COMPUTE_DTYPE = torch.bfloat16
 _CONVERTER_GAPS = {"img_emb.emb_pos": "condition_embedder.image_embedder.pos_embed"}
 
 # Add-ons that ComfyUI's own detection knows and that no diffusers Wan2.1 class here holds: key prefix -> what it is.
-# (VACE, `vace_*` keys, loads as `WanVACETransformer3DModel`.)
+# (VACE, `vace_*` keys, loads as `WanVACETransformer3DModel`; Fun-Camera, `control_adapter.*`, as a
+# `WanTransformer3DModel` with the camera adapter of controlnet/wan_camera.py.)
 _EXTENSIONS = {
-    "control_adapter.": "Wan Fun-Camera", "casual_audio_encoder.": "Wan2.2 S2V",
-    "audio_proj.": "Wan HuMo", "face_adapter.": "Wan2.2 Animate", "ref_conv.": "Wan Fun reference-image",
+    "casual_audio_encoder.": "Wan2.2 S2V", "audio_proj.": "Wan HuMo", "face_adapter.": "Wan2.2 Animate",
+    "ref_conv.": "Wan Fun reference-image",
 }
+# Not a diffusers config field: the camera adapter's input channels (24 Plücker channels for every Fun-Camera file).
+CAMERA_CONFIG = "camera_adapter_channels"
+_UNSHUFFLED = 64  # the adapter folds 8x8 pixels into channels before its first convolution
 
 # role -> diffusers-layout key pattern, matched in full (original files are renamed first).
 _ROLES = {
@@ -70,6 +77,7 @@ _ROLES = {
     "block": r"blocks\.(\d+)\..+",
     "vace_patch": r"vace_patch_embedding\.weight",
     "vace_block": r"vace_blocks\.(\d+)\..+",
+    "camera": r"control_adapter\.conv\.weight",
 }
 
 _SIZES = {(1536, 30): "1.3B", (5120, 40): "14B"}
@@ -87,6 +95,7 @@ class WanVariant:
     is_i2v: bool
     latent_channels: int
     is_vace: bool = False  # a VACE model: it samples with a Wan VACE Conditioning (controlnet/wan_vace.py)
+    is_camera: bool = False  # a Fun-Camera model: it reads camera conditions (controlnet/wan_camera.py)
     # The shift at 832x480 and below, where the model's own default differs there (Wan's generate.py: I2V 3.0).
     low_res_shift: float | None = None
 
@@ -117,7 +126,7 @@ def load_wan_transformer(path: str, dtype: torch.dtype | None = None,
         state_dict = convert_original_to_diffusers(state_dict)
     prepare = storage_preparer(dtype, storage, partial(_to_model_tensors, dtype=dtype))
     model = _build_model(config, state_dict, os.path.basename(os.path.normpath(path)), prepare)
-    return model, wan_variant(dict(model.config))
+    return model, wan_variant({**dict(model.config), CAMERA_CONFIG: config.get(CAMERA_CONFIG)})
 
 
 def wan_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -145,6 +154,7 @@ def wan_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
         "added_kv_proj_dim": added_kv[1] if added_kv else None,
         "pos_embed_seq_len": image_pos[1] if image_pos else None,
         **_vace_config(shapes),
+        **_camera_config(shapes),
     }
 
 
@@ -183,14 +193,16 @@ def wan_variant(config: dict) -> WanVariant:
     width = config["num_attention_heads"] * config["attention_head_dim"]
     size = _SIZES.get((width, config["num_layers"]))
     is_i2v, is_vace = config.get("image_dim") is not None, bool(config.get("vace_layers"))
-    task = "VACE" if is_vace else "FLF2V" if config.get("pos_embed_seq_len") else "I2V" if is_i2v else "T2V"
+    is_camera = bool(config.get(CAMERA_CONFIG))
+    task = ("VACE" if is_vace else "Fun-Camera" if is_camera else "FLF2V" if config.get("pos_embed_seq_len")
+            else "I2V" if is_i2v else "T2V")
     layers = config["num_layers"]
     name = f"Wan2.1 {task} {size}" if size else f"Wan2.1-like {task} transformer ({width} wide, {layers} layers)"
     small = size == "1.3B"
     shift = 16.0 if task == "FLF2V" else 8.0 if small else 5.0
     return WanVariant(
         name=name, default_shift=shift, default_cfg=6.0 if small else 5.0, default_steps=40 if task == "I2V" else 50,
-        is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace,
+        is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace, is_camera=is_camera,
         low_res_shift=3.0 if task == "I2V" else None,
     )
 
@@ -246,9 +258,16 @@ def _require_wan(shapes: dict, name: str) -> bool:
 
 
 def _require_wan21(config: dict, name: str) -> None:
-    """Wan2.1 reads 16-channel latents (T2V) or those plus 4 mask and 16 image channels with CLIP features (I2V)."""
+    """Wan2.1 reads 16-channel latents (T2V) or those plus 4 mask and 16 image channels with CLIP features (I2V);
+    Wan2.1 Fun-Camera those plus 16 image channels (no mask) with CLIP features."""
     in_channels, out_channels, image = config["in_channels"], config["out_channels"], config.get("image_dim")
-    if out_channels == _WAN22_LATENT_CHANNELS:
+    camera = bool(config.get(CAMERA_CONFIG))
+    if camera and image is None:
+        what = ("a Wan2.2 Fun A14B Camera transformer (a camera adapter without a CLIP image embedder, one of two "
+                "Wan2.2 experts)")
+    elif camera and (in_channels, out_channels) == (_CAMERA_IN_CHANNELS, _LATENT_CHANNELS):
+        return
+    elif out_channels == _WAN22_LATENT_CHANNELS:
         what = "a Wan2.2 TI2V 5B transformer (48-channel latents of the Wan2.2 VAE)"
     elif in_channels == _I2V_IN_CHANNELS and image is None:
         what = "a Wan2.2 image-to-video transformer (36 input channels but no CLIP image embedder)"
@@ -272,10 +291,31 @@ def _to_model_tensors(state_dict: dict, dtype: torch.dtype) -> dict:
 
 def _build_model(config: dict, state_dict: dict, name: str, prepare) -> WanTransformer3DModel:
     check = partial(check_converted_layout, family="Wan")
+    config = dict(config)
+    camera_channels = config.pop(CAMERA_CONFIG, None)
     model_class = WanVACETransformer3DModel if config.get("vace_layers") else WanTransformer3DModel
+    if camera_channels:
+        model_class = _WithCameraAdapter(model_class, camera_channels)
     model = build_on_meta(model_class, config, state_dict, name, check, prepare)
     _materialise_rope(model)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class _WithCameraAdapter:
+    """`from_config` of a Wan model class with the Fun-Camera adapter attached (what build_on_meta calls)."""
+
+    model_class: type
+    channels: int
+
+    def from_config(self, config: dict):
+        return attach_camera_adapter(self.model_class.from_config(config), self.channels)
+
+
+def _camera_config(shapes: dict) -> dict:
+    """The camera adapter's input channels for a Fun-Camera file, {} for other models."""
+    conv = _find(shapes, _ROLES["camera"])
+    return {CAMERA_CONFIG: conv[1] // _UNSHUFFLED} if conv else {}
 
 
 def _materialise_rope(model: WanTransformer3DModel) -> None:

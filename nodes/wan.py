@@ -20,7 +20,7 @@ FOLDERS = ("diffusion_models",)
 class WanTransformerLoader:
     DESCRIPTION = ("Loads a Wan2.1 transformer: Comfy-Org repackaged files (fp16/bf16/fp8 scaled), the original "
                    "Wan-AI release, a diffusers folder or a GGUF quantisation (city96's Q8_0 ... Q4_K, kept quantized "
-                   "in memory). 1.3B and 14B are recognised from the weights.")
+                   "in memory). 1.3B and 14B are recognised from the weights, as are VACE and Fun-Camera models.")
     CATEGORY = "Wan"
     FUNCTION = "load"
     RETURN_TYPES = ("WAN_MODEL",)

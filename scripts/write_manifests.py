@@ -32,6 +32,7 @@ import tiny_clip_vision  # noqa: E402
 import tiny_sana  # noqa: E402
 import tiny_umt5  # noqa: E402
 import tiny_wan  # noqa: E402
+import tiny_wan_camera  # noqa: E402
 import tiny_wan_vae  # noqa: E402
 from tiny_dcae import SANA_DCAE_CONFIG  # noqa: E402  (mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers config.json)
 
@@ -65,6 +66,10 @@ WAN21_I2V_14B = {**WAN21_T2V_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, 
                  "image_dim": 1280, "added_kv_proj_dim": 5120}
 # Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers transformer/config.json
 WAN21_FLF2V_14B = {**WAN21_I2V_14B, "pos_embed_seq_len": 514}
+# alibaba-pai/Wan2.1-Fun-V1.1-1.3B-Control-Camera: the 1.3B with CLIP cross-attention, 32 input channels (noise + start
+# image latent) and a 24-channel camera adapter (DiffSynth-Studio's "PAI control-camera v1.1" config; ComfyUI's
+# model_detection: control_adapter.conv.weight with img_emb -> CameraWanModel)
+WAN21_FUN_CAMERA_1_3B = {**WAN21_T2V_1_3B, "in_channels": 32, "image_dim": 1280, "added_kv_proj_dim": 1536}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json
 WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True]}
@@ -103,6 +108,13 @@ def _wan(config: dict) -> dict:
 
 def _wan_vae() -> dict:
     return _meta(AutoencoderKLWan, **WAN21_VAE).state_dict()
+
+
+def _wan_fun_camera() -> dict:
+    state_dict = tiny_wan.diffusers_to_original(_meta(WanTransformer3DModel, **WAN21_FUN_CAMERA_1_3B).state_dict())
+    width = WAN21_FUN_CAMERA_1_3B["num_attention_heads"] * WAN21_FUN_CAMERA_1_3B["attention_head_dim"]
+    shapes = tiny_wan_camera.camera_adapter_shapes(width)
+    return {**state_dict, **{k: torch.empty(v, device="meta") for k, v in shapes.items()}}
 
 
 class Layout(NamedTuple):
@@ -260,6 +272,14 @@ LAYOUTS = {
         "Wan-AI/Wan2.1-T2V-1.3B diffusion_pytorch_model.safetensors: these keys, F32. Comfy-Org "
         "wan2.1_t2v_1.3B_fp16 / _bf16: these keys, F16 / BF16; some repackaged files prefix every key with "
         "'model.diffusion_model.'."),
+    "wan21_fun_camera_1_3b_original": Layout(
+        _wan_fun_camera, "BF16",
+        "original Wan2.1 WanModel names of the 1.3B I2V-style model (in_channels 32, CLIP cross-attention) through "
+        "tests/tiny_wan.py diffusers_to_original, plus the control adapter of tests/tiny_wan_camera.py "
+        "camera_adapter_shapes (VideoX-Fun's SimpleAdapter names, ComfyUI's WanCamAdapter)",
+        "alibaba-pai/Wan2.1-Fun-V1.1-1.3B-Control-Camera diffusion_pytorch_model.safetensors (VideoX-Fun: original "
+        "Wan names); Comfy-Org's repackaged Fun-Camera files: the same keys (some prefixed 'model.diffusion_model.'). "
+        "The 14B (Wan2.1-Fun-V1.1-14B-Control-Camera) is the same layout at dim 5120, 40 layers."),
     "wan21_vae_diffusers": Layout(
         _wan_vae, "F32",
         "diffusers AutoencoderKLWan, Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json (= AutoencoderKLWan()), meta "
