@@ -14,6 +14,7 @@ from ..controlnet.camera_path import (
 from ..controlnet.camera_plot import plot_camera_path
 from ..samplers.latents import WAN_STRIDE, frame_count_problem, size_problem
 from .checks import declared_problems, refuse, verdict
+from .latent import wan_video_size_inputs
 
 EMBEDDING = "WAN_CAMERA_EMBEDDING"
 KEYFRAMES = "WAN_CAMERA_KEYFRAMES"
@@ -24,12 +25,6 @@ OUTPUT_TOOLTIPS = ("Plücker ray embedding (ComfyUI's native type): Wan Camera I
                    "Frame width.", "Frame height.", "Frames.", "The path: top view, angles, position and zoom.")
 EXAMPLE_KEYFRAMES = ('[{"frame": 0},\n {"frame": 40, "pan": 20, "z": 0.5, "ease": "ease-in-out"},\n'
                      ' {"frame": 80, "pan": 0, "tilt": 10, "z": 1.5, "zoom": 1.2, "ease": "ease-out"}]')
-
-
-def _size_inputs() -> dict:
-    return {"width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
-            "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."})}
 
 
 def _intrinsic_inputs() -> dict:
@@ -71,7 +66,7 @@ class WanCameraPreset(_CameraPathNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"camera_pose": (list(PRESETS), {"default": "Static"}), **_size_inputs(),
+        return {"required": {"camera_pose": (list(PRESETS), {"default": "Static"}), **wan_video_size_inputs(),
                              "speed": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1}),
                              **_intrinsic_inputs()}}
 
@@ -116,7 +111,7 @@ class WanCameraKeyframes(_CameraPathNode):
     @classmethod
     def INPUT_TYPES(cls):
         names = ", ".join(f.name for f in fields(Keyframe))
-        return {"required": {**_size_inputs(), "keyframes_json": ("STRING", {
+        return {"required": {**wan_video_size_inputs(), "keyframes_json": ("STRING", {
             "default": EXAMPLE_KEYFRAMES, "multiline": True,
             "tooltip": f"A JSON list of keyframes with {names}; a value left out keeps the previous keyframe's."}),
             **_intrinsic_inputs()},
@@ -135,7 +130,7 @@ class WanCameraPoseFile(_CameraPathNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"poses": ("STRING", {"default": "", "multiline": True}), **_size_inputs()}}
+        return {"required": {"poses": ("STRING", {"default": "", "multiline": True}), **wan_video_size_inputs()}}
 
     def build(self, poses, width, height, length):
         refuse(camera_problems(self, width, height, length))

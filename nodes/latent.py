@@ -28,15 +28,20 @@ def _memory_available() -> int:
     return bridge.total_memory(bridge.intermediate_device())
 
 
+def wan_video_size_inputs() -> dict:
+    """width, height and length of a Wan video, as every Wan video node declares them."""
+    return {"width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
+            "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."})}
+
+
 def wan_conditioning_inputs() -> dict:
     """The required inputs every Wan conditioning node that makes the latent to sample starts with."""
     return {
         "positive": ("CONDITIONING",),
         "negative": ("CONDITIONING",),
         "vae": ("WAN_VAE",),
-        "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16}),
-        "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16}),
-        "length": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "Frames, 4n+1."}),
+        **wan_video_size_inputs(),
         "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
     }
 

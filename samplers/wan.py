@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..controlnet.wan_camera import camera_model_inputs, is_camera_model
+from ..controlnet.wan_camera_image import camera_image_inputs
 from ..controlnet.wan_vace import vace_model_inputs
 from ..loaders.cast_layers import execution_device
 from ..vae.wan import to_model_space, to_raw
@@ -46,10 +48,12 @@ def wan_velocity(transformer, positive, negative, cfg: float, latent_shape, guid
     cond = _branch(transformer, positive, "positive", latent_shape, device, dtype)
     uncond = _branch(transformer, negative, "negative", latent_shape, device, dtype) if guidance.uses_uncond else None
     vace = vace_model_inputs(transformer, positive, device, dtype)  # a VACE model's control latents, else nothing
+    camera = camera_model_inputs(transformer, positive, device, dtype)  # a Fun-Camera model's camera path, if any
 
     def forward(x: torch.Tensor, timestep: torch.Tensor, branch: _Branch, rows: str) -> torch.Tensor:
         with speed.context(rows):
-            return transformer(timestep=timestep, return_dict=False, **branch.inputs(x), **vace(x))[0]
+            extra = {**vace(x), **camera(x)}
+            return transformer(timestep=timestep, return_dict=False, **branch.inputs(x), **extra)[0]
 
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
         x_in, timestep = x.to(dtype), t.expand(x.shape[0])
@@ -99,7 +103,8 @@ class _Branch:
 
 def _branch(transformer, conditioning, name: str, latent_shape, device, dtype) -> _Branch:
     embeds = _embeds(conditioning, name, latent_shape[0], transformer.config.text_dim).to(device, dtype)
-    return _Branch(embeds, image_inputs(transformer, conditioning, name, latent_shape, device, dtype))
+    images = camera_image_inputs if is_camera_model(transformer) else image_inputs
+    return _Branch(embeds, images(transformer, conditioning, name, latent_shape, device, dtype))
 
 
 def check_wan_latent(samples: torch.Tensor, channels: int) -> None:

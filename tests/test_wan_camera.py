@@ -10,7 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from sample_media import as_image_batch, moving_frames
+from tiny_models import tiny_wan_set, write_wan_files
 from tiny_wan_camera import CAMERA_CHANNELS, TINY_CAMERA_CONFIG, tiny_camera_weights, write_camera_layouts
+
+import sana_wan
 
 from sana_wan.controlnet.camera_embedding import camera_embedding
 from sana_wan.controlnet.camera_path import preset_path
@@ -19,6 +23,9 @@ from sana_wan.loaders.meta_build import key_mismatch
 from sana_wan.loaders.wan_transformer import (
     CAMERA_CONFIG, convert_original_to_diffusers, load_wan_transformer, wan_config_from_shapes, wan_variant,
 )
+from sana_wan.vae.wan import encode_wan_pixels, to_model_space
+
+NODES = sana_wan.NODE_CLASS_MAPPINGS
 
 FRAMES, HEIGHT, WIDTH = 2, 4, 6  # latent: 5 video frames of 48x32
 
@@ -151,3 +158,56 @@ def test_real_layout_maps_completely_on_meta(manifests_dir, name, size, heads, l
         model = attach_camera_adapter(WanTransformer3DModel(**plain), config[CAMERA_CONFIG])
     converted = convert_original_to_diffusers(shapes)
     assert key_mismatch(model, {k: tuple(v.shape) for k, v in converted.items()}) == ([], [], [])
+
+
+@pytest.fixture(scope="module")
+def camera_nodes(tmp_path_factory):
+    """Loaded tiny Fun-Camera model, Wan VAE and an encoded prompt, through the pack's nodes."""
+    models = tiny_wan_set()
+    directory = str(tmp_path_factory.mktemp("camera_nodes"))
+    paths = write_wan_files(models, directory)
+    original = tiny_camera_weights(seed=4, text_dim=models["umt5"].config.d_model)
+    camera_file = write_camera_layouts(original, os.path.join(directory, "camera"))["comfy_prefixed"]
+    (model,) = NODES["WanTransformerLoader"]().load(camera_file, "fp32")
+    (encoder,) = NODES["WanTextEncoderLoader"]().load(paths["text_encoder"], "fp32")
+    (vae,) = NODES["WanVAELoader"]().load(paths["vae"], "fp32")
+    return model, vae, NODES["WanTextEncode"]().encode(encoder, "a room", "blurry", False)
+
+
+def test_start_image_conditioning_as_native(camera_nodes):
+    """WanCameraImageToVideo's values: the start image encoded alone in front, the raw value of a zero latent after
+    it, the mask 0 over the image's frames (1 frame + 3), the camera embedding on both prompts."""
+    _, vae, (positive, negative) = camera_nodes
+    image = as_image_batch(moving_frames(48, 32, 1))
+    embedding, *_ = NODES["WanCameraPreset"]().build("Pan Up", 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)
+    pos, neg, latent = NODES["WanCameraImageToVideoConditioning"]().apply(
+        positive, negative, vae, 48, 32, 9, 2, start_image=image, camera_conditions=embedding)
+    assert latent["samples"].shape == (2, 16, 3, 4, 6) and not latent["samples"].any()
+    for conditioning in (pos, neg):
+        extras = conditioning[0][1]
+        assert extras["camera_conditions"] is embedding
+        encoded = encode_wan_pixels(vae.load(), image.permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1, tile="off")
+        assert torch.equal(extras["concat_latent_image"][:, :, :1], encoded)
+        rest = extras["concat_latent_image"][:, :, 1:]
+        assert torch.allclose(to_model_space(rest), torch.zeros_like(rest), atol=1e-6)
+        mask = extras["concat_mask"]
+        assert mask.shape == (1, 4, 3, 4, 6) and not mask[:, :, 0].any() and mask[:, :, 1:].eq(1).all()
+
+
+def test_sampling_reads_camera_and_start_image(camera_nodes):
+    model, vae, (positive, negative) = camera_nodes
+    image = as_image_batch(moving_frames(48, 32, 1))
+    node, sampler = NODES["WanCameraImageToVideoConditioning"](), NODES["WanSampler"]()
+
+    def sample(preset, start_image):
+        embedding = NODES["WanCameraPreset"]().build(preset, 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)[0]
+        pos, neg, latent = node.apply(positive, negative, vae, 48, 32, 9, 1, start_image=start_image,
+                                      camera_conditions=embedding)
+        return sampler.sample(model, pos, neg, latent, 3, 2, 5.0, 8.0, "flow_euler", "simple", 1.0)[0]["samples"]
+
+    pan, still, pan_image = sample("Pan Left", None), sample("Static", None), sample("Pan Left", image)
+    assert torch.isfinite(pan).all() and pan.shape == (1, 16, 3, 4, 6)
+    assert (pan - still).abs().max() > 1e-3 and (pan - pan_image).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="same width, height and length"):
+        node.apply(positive, negative, vae, 48, 32, 13, 1,
+                   camera_conditions=NODES["WanCameraPreset"]().build("Static", 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)[0])
