@@ -3,6 +3,7 @@ inferred, the real layouts map completely on meta; the adapter's hooks add what 
 with functional ops from the file's tensors) to the patch embeddings; Wan2.2 Fun Camera is refused by name.
 (Against ComfyUI's own CameraWanModel: integration/test_comfyui_wan_camera.py.)"""
 
+import copy
 import json
 import os
 
@@ -10,19 +11,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from diffusers.loaders import WanLoraLoaderMixin
+from safetensors.torch import load_file
 from sample_media import as_image_batch, moving_frames
+from test_low_vram import META, DeviceMixes, partially_on_meta
 from tiny_models import tiny_wan_set, write_wan_files
 from tiny_wan_camera import CAMERA_CHANNELS, TINY_CAMERA_CONFIG, tiny_camera_weights, write_camera_layouts
 
 import sana_wan
+import tiny_lora
+from sana_wan import comfy_bridge as bridge
 
 from sana_wan.controlnet.camera_embedding import camera_embedding
 from sana_wan.controlnet.camera_path import preset_path
 from sana_wan.controlnet.wan_camera import attach_camera_adapter, camera_model_inputs, is_camera_model
 from sana_wan.loaders.meta_build import key_mismatch
+from sana_wan.loaders.storage import stored_layers
 from sana_wan.loaders.wan_transformer import (
     CAMERA_CONFIG, convert_original_to_diffusers, load_wan_transformer, wan_config_from_shapes, wan_variant,
 )
+from sana_wan.samplers.wan import wan_velocity
 from sana_wan.vae.wan import encode_wan_pixels, to_model_space
 
 NODES = sana_wan.NODE_CLASS_MAPPINGS
@@ -211,3 +219,79 @@ def test_sampling_reads_camera_and_start_image(camera_nodes):
     with pytest.raises(ValueError, match="same width, height and length"):
         node.apply(positive, negative, vae, 48, 32, 13, 1,
                    camera_conditions=NODES["WanCameraPreset"]().build("Static", 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)[0])
+
+
+def _camera_forward(model, camera=True):
+    x, text, clip = _inputs(2)
+    extra = {"camera_conditions": camera_embedding(preset_path("Pan Right", 5), WIDTH * 8, HEIGHT * 8)} if camera else {}
+    with torch.no_grad():
+        return model(x, torch.tensor([400.0]), text, clip, return_dict=False, **extra)[0]
+
+
+def test_lora_on_a_camera_model_equals_diffusers(files, tmp_path):
+    """A Wan LoRA (ComfyUI's lora_A / lora_B names) through Load Wan LoRA on a Fun-Camera model: the forward with the
+    camera path equals diffusers' load_lora_adapter + set_adapters on the same model."""
+    _, paths = files
+    model, variant = load_wan_transformer(paths["comfy_prefixed"])
+    lora = tiny_lora.make_lora(model, seed=2)
+    path = tiny_lora.save(tiny_lora.original(lora), str(tmp_path / "camera_lora.safetensors"))
+    handle = bridge.ModelHandle(copy.deepcopy(model), "diffusion", family="wan", variant=variant)
+    (patched,) = NODES["WanLoraLoader"]().load(handle, path, 0.7)
+    reference = copy.deepcopy(model)
+    reference.load_lora_adapter(WanLoraLoaderMixin.lora_state_dict(load_file(path)), prefix="transformer",
+                                adapter_name="a")
+    reference.set_adapters(["a"], weights=[0.7])
+    ours, expected = _camera_forward(patched.load()), _camera_forward(reference)
+    assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (ours - _camera_forward(model)).abs().max() > 1e-2, "the LoRA must change the output"
+
+
+@pytest.mark.parametrize("storage", [torch.float8_e4m3fn, torch.bfloat16])
+def test_weight_storage_holds_the_adapter_too(files, storage):
+    """Low-VRAM storage: the adapter's convolutions are stored like the blocks' layers and cast up on each call."""
+    _, paths = files
+    full, _ = load_wan_transformer(paths["comfy_prefixed"], torch.float32)
+    stored, _ = load_wan_transformer(paths["comfy_prefixed"], torch.float32, storage)
+    adapter = stored.control_adapter
+    assert adapter.conv.weight.dtype == adapter.residual_blocks[0].conv2.weight.dtype == storage
+    assert "control_adapter.conv" in stored_layers(full)
+    with torch.no_grad():
+        for layer in stored_layers(full).values():
+            layer.weight.copy_(layer.weight.to(storage).float())
+    assert torch.equal(_camera_forward(stored), _camera_forward(full))
+
+
+def test_step_cache_applies_to_camera_sampling(camera_nodes):
+    """Wan Speed Options (First Block Cache) on a Fun-Camera model: threshold 0 caches nothing (the plain run), a
+    threshold skips steps and stays near it; the model is left as it was."""
+    model, vae, (positive, negative) = camera_nodes
+    embedding = NODES["WanCameraPreset"]().build("Zoom Out", 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)[0]
+    pos, neg, latent = NODES["WanCameraImageToVideoConditioning"]().apply(
+        positive, negative, vae, 48, 32, 9, 1, camera_conditions=embedding)
+
+    def sample(handle):
+        return NODES["WanSampler"]().sample(handle, pos, neg, latent, 5, 6, 5.0, 8.0, "flow_euler", "simple",
+                                            1.0)[0]["samples"]
+
+    plain = sample(model)
+    for threshold, equal in ((0.0, True), (1.0, False)):
+        (fast,) = NODES["WanSpeedOptions"]().apply(model, "default", "first_block", threshold, False)
+        cached = sample(fast)
+        assert torch.equal(cached, plain) == equal
+        assert (cached - plain).abs().max() <= 0.2 * plain.abs().max()  # measured 0.14 at threshold 1
+    assert torch.equal(sample(model), plain)
+
+
+def test_a_partially_loaded_camera_model_computes_only_on_its_load_device(files):
+    """A weight budget (ComfyUI's partial loading): the camera adapter's layers fetch their weights like the
+    blocks', and the camera embedding and start-image channels go to the load device."""
+    _, paths = files
+    model, variant = load_wan_transformer(paths["comfy_prefixed"])
+    module = partially_on_meta(bridge.ModelHandle(model, "diffusion", family="wan", variant=variant))
+    embedding = camera_embedding(preset_path("Pan Up", 5), WIDTH * 8, HEIGHT * 8)
+    positive = [[torch.randn(1, 512, 4096), {"camera_conditions": embedding}]]
+    predict = wan_velocity(module, positive, positive, 5.0, (1, 16, FRAMES, HEIGHT, WIDTH))
+    mixes = DeviceMixes()
+    with mixes, torch.inference_mode():
+        velocity = predict(torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, device=META), torch.tensor(0.5, device=META), 0, 4)
+    assert velocity.device == META and mixes.calls == []
