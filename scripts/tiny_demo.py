@@ -4,9 +4,10 @@
     python scripts/tiny_demo.py --twins     # rewrite workflows/tiny/ from workflows/api/ (after editing an example)
 
 The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Wan2.1 T2V, I2V,
-FLF2V and VACE, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying the graphs and the
-API, not for pictures), and the sample inputs the examples load (`input_image.png`, `input_video.mp4`, `control_video.mp4`, `reference.png`,
-`sana_controlnet_hed.png`: synthetic, a square moving over a gradient, and an edge map).
+FLF2V, VACE and Fun-Camera, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying the graphs
+and the API, not for pictures), and the sample inputs the examples load (`input_image.png`, `input_video.mp4`,
+`control_video.mp4`, `reference.png`, `sana_controlnet_hed.png`: synthetic, a square moving over a gradient, and an
+edge map).
 
 A tiny twin (workflows/tiny/NAME.json) is the API workflow workflows/api/NAME.json with every real file name
 replaced by its tiny counterpart, small sizes and few steps (seconds on a CPU), and outputs under `tiny/`.
@@ -43,6 +44,10 @@ SETTINGS = {
                          "11": {"steps": 3}},
     "wan_image_to_video": {"10": {**WAN_SIZE, "length": WAN_FRAMES}, "11": {"steps": 3}},
     "wan_first_last_frame": {"10": {**WAN_SIZE, "length": WAN_FRAMES}, "11": {"steps": 3}},
+    "wan_camera_preset": {"6": {**WAN_SIZE, "length": WAN_FRAMES}, "8": {"steps": 3}},
+    "wan_camera_keyframes": {"7": {"frame": 4}, "10": {"steps": 3}, "8": {
+        **WAN_SIZE, "length": WAN_FRAMES,
+        "keyframes_json": '[{"frame": 8, "tilt": 8, "roll": -4, "x": 0.3, "z": 1.6, "zoom": 1.25, "ease": "ease-out"}]'}},
 }
 
 
@@ -51,6 +56,7 @@ def tiny_names() -> dict[str, str]:
     from tiny_lora import WAN_LORA_FILES
     from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, WAN_I2V_FILES
     from tiny_sana_controlnet import CONTROL_IMAGE, CONTROLNET_FILE
+    from tiny_wan_camera import WAN_CAMERA_FILE
     from tiny_wan_vace import WAN_VACE_FILE
 
     return {
@@ -63,6 +69,7 @@ def tiny_names() -> dict[str, str]:
         "wan2.1_i2v_480p_14B_fp16.safetensors": WAN_I2V_FILES["i2v"],
         "wan2.1_flf2v_720p_14B_fp16.safetensors": WAN_I2V_FILES["flf2v"],
         "clip_vision_h.safetensors": WAN_I2V_FILES["clip_vision"],
+        "wan2.1_fun_camera_v1.1_1.3B_bf16.safetensors": WAN_CAMERA_FILE,
     }
 
 

@@ -103,10 +103,11 @@ def write_wan_image_to_video_files(models_dir: str, layouts: str) -> None:
 def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
     """Every tiny model the example workflows load, under the names above, in ComfyUI's folders below `models_dir`:
     Sana and Sana-Sprint with Gemma-2 and DC-AE, a Sana ControlNet (its control image in `input_dir`), Wan2.1 T2V,
-    I2V, FLF2V and VACE with UMT5, CLIP vision and the Wan VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096,
-    which native ComfyUI hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
+    I2V, FLF2V, VACE and Fun-Camera with UMT5, CLIP vision and the Wan VAE, two Wan LoRAs. Wan's text width is
+    UMT5-XXL's 4096, which native ComfyUI hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
     from tiny_lora import write_wan_loras
     from tiny_sana_controlnet import write_integration_files
+    from tiny_wan_camera import WAN_CAMERA_FILE, tiny_camera_weights, write_camera_layouts
     from tiny_wan_vace import WAN_VACE_FILE, tiny_vace_transformer, write_vace_layouts
 
     with tempfile.TemporaryDirectory() as layouts:  # every layout is written; one of each is placed
@@ -117,6 +118,8 @@ def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
         vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
         shutil.copy(vace["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_VACE_FILE))
         write_wan_image_to_video_files(models_dir, layouts)
+        camera = write_camera_layouts(tiny_camera_weights(seed=6), os.path.join(layouts, "camera"))
+        shutil.copy(camera["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_CAMERA_FILE))
     write_integration_files(os.path.join(models_dir, "controlnet"), input_dir)
     write_wan_loras(os.path.join(models_dir, "loras"))
 
