@@ -167,7 +167,8 @@ def keyframe_values(keyframes: Sequence[Keyframe], length: int) -> dict[str, np.
     for i in range(length):
         after = next((k for k in ordered if k.frame >= i), ordered[-1])
         before = next((k for k in reversed(ordered) if k.frame <= i), ordered[0])
-        u = 0.0 if after.frame == before.frame else EASINGS[after.ease]((i - before.frame) / (after.frame - before.frame))
+        span = after.frame - before.frame
+        u = EASINGS[after.ease]((i - before.frame) / span) if span else 0.0
         for name in _POSE_VALUES:
             start, end = getattr(before, name), getattr(after, name)
             values[name][i] = start + (end - start) * u

@@ -21,7 +21,8 @@ KEYFRAMES = "WAN_CAMERA_KEYFRAMES"
 CATEGORY = "Wan/camera"
 OUTPUTS = (EMBEDDING, "INT", "INT", "INT", "IMAGE")
 OUTPUT_NAMES = ("camera_embedding", "width", "height", "length", "path_plot")
-OUTPUT_TOOLTIPS = ("Plücker ray embedding (ComfyUI's native type): Wan Camera Image to Video or WanCameraImageToVideo.",
+OUTPUT_TOOLTIPS = ("Plücker ray embedding (ComfyUI's native type): for Wan Camera Image to Video or native "
+                   "WanCameraImageToVideo.",
                    "Frame width.", "Frame height.", "Frames.", "The path: top view, angles, position and zoom.")
 EXAMPLE_KEYFRAMES = ('[{"frame": 0},\n {"frame": 40, "pan": 20, "z": 0.5, "ease": "ease-in-out"},\n'
                      ' {"frame": 80, "pan": 0, "tilt": 10, "z": 1.5, "zoom": 1.2, "ease": "ease-out"}]')

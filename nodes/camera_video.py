@@ -46,7 +46,8 @@ class WanCameraImageToVideoConditioning:
         if start_image is not None:
             with torch.inference_mode():
                 concat = start_image_conditioning(vae.load(), width, height, length, start_image)
-        latent = torch.zeros(camera_latent_shape(batch_size, width, height, length), device=bridge.intermediate_device())
+        shape = camera_latent_shape(batch_size, width, height, length)
+        latent = torch.zeros(shape, device=bridge.intermediate_device())
         return (camera_video_conditioning(positive, concat, clip_vision_output, camera_conditions),
                 camera_video_conditioning(negative, concat, clip_vision_output, camera_conditions), {"samples": latent})
 

@@ -47,7 +47,8 @@ SETTINGS = {
     "wan_camera_preset": {"6": {**WAN_SIZE, "length": WAN_FRAMES}, "8": {"steps": 3}},
     "wan_camera_keyframes": {"7": {"frame": 4}, "10": {"steps": 3}, "8": {
         **WAN_SIZE, "length": WAN_FRAMES,
-        "keyframes_json": '[{"frame": 8, "tilt": 8, "roll": -4, "x": 0.3, "z": 1.6, "zoom": 1.25, "ease": "ease-out"}]'}},
+        "keyframes_json": '[{"frame": 8, "tilt": 8, "roll": -4, "x": 0.3, "z": 1.6, "zoom": 1.25, '
+                          '"ease": "ease-out"}]'}},
 }
 
 

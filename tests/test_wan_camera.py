@@ -221,11 +221,11 @@ def test_sampling_reads_camera_and_start_image(camera_nodes):
                    camera_conditions=NODES["WanCameraPreset"]().build("Static", 48, 32, 9, 1.0, 0.5, 0.5, 0.5, 0.5)[0])
 
 
-def _camera_forward(model, camera=True):
+def _camera_forward(model):
     x, text, clip = _inputs(2)
-    extra = {"camera_conditions": camera_embedding(preset_path("Pan Right", 5), WIDTH * 8, HEIGHT * 8)} if camera else {}
+    embedding = camera_embedding(preset_path("Pan Right", 5), WIDTH * 8, HEIGHT * 8)
     with torch.no_grad():
-        return model(x, torch.tensor([400.0]), text, clip, return_dict=False, **extra)[0]
+        return model(x, torch.tensor([400.0]), text, clip, return_dict=False, camera_conditions=embedding)[0]
 
 
 def test_lora_on_a_camera_model_equals_diffusers(files, tmp_path):

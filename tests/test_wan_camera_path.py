@@ -77,7 +77,8 @@ def test_keyframe_axes_and_zoom():
     last = path.c2w[-1]
     assert np.allclose(last[:3, :3] @ [0, 0, 1], [1, 0, 0])  # pan 90: looks along +x (right)
     assert np.allclose(last[:3, 3], [0, -2, 0])  # y up = OpenCV -y
-    assert np.allclose(path.intrinsics[-1], [0.8, 1.2, 0.5, 0.5]) and np.allclose(path.intrinsics[2], [0.6, 0.9, 0.5, 0.5])
+    assert np.allclose(path.intrinsics[-1], [0.8, 1.2, 0.5, 0.5])
+    assert np.allclose(path.intrinsics[2], [0.6, 0.9, 0.5, 0.5])
     tilt = keyframe_path([Keyframe(0), Keyframe(4, tilt=90.0)], 5).c2w[-1]
     assert np.allclose(tilt[:3, :3] @ [0, 0, 1], [0, -1, 0])  # tilt up: looks along OpenCV -y
 

@@ -31,7 +31,7 @@ def camera_adapter_shapes(width: int, channels: int = CAMERA_CHANNELS) -> dict[s
 
 
 def tiny_camera_weights(seed: int = 0, **overrides) -> dict[str, torch.Tensor]:
-    """Original-layout weights of a 2-layer, 128-wide Fun-Camera model, every tensor random (scaled by 1/sqrt(fan-in))."""
+    """Original-layout weights of a 2-layer, 128-wide Fun-Camera model, every tensor random (1/sqrt(fan-in))."""
     model = tiny_wan_transformer("i2v", seed, **{"in_channels": TINY_CAMERA_CONFIG["in_channels"], **overrides})
     generator = torch.Generator().manual_seed(seed + 1)
     original = diffusers_to_original({k: v.contiguous() for k, v in model.state_dict().items()})
