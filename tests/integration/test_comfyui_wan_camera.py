@@ -1,13 +1,14 @@
 """Wan Fun-Camera in a real ComfyUI against its native camera nodes, on a tiny file made with ComfyUI's own
 CameraWanModel: the pack's preset embeddings equal native WanCameraEmbedding's bit for bit; the pack's camera node +
 Wan Sampler (flow_euler, simple) equal native WanCameraEmbedding -> WanCameraImageToVideo -> KSampler(euler, simple)
-with and without a start image; each side's camera embedding works in the other side's conditioning node."""
+with and without a start image and CLIP features; each side's camera embedding works in the other side's
+conditioning node."""
 
 import os
 
 import pytest
 import torch
-from conftest import NATIVE_RELATIVE, REAL_SIZE_WAN_VAE, assert_native_close, run_comfy_job
+from conftest import NATIVE_RELATIVE, REAL_SIZE_CLIP_VISION, REAL_SIZE_WAN_VAE, assert_native_close, run_comfy_job
 from safetensors.torch import load_file
 from sample_media import INPUT_IMAGE
 from tiny_models import WAN_FILES
@@ -33,9 +34,10 @@ def test_preset_embeddings_equal_native_bit_for_bit(native_camera):
         assert torch.equal(native_camera[name + "/pack"], native_camera[name + "/native"]), name
 
 
-def _graph(preset: str, start_image: bool, swap_embeddings: bool) -> dict:
+def _graph(preset: str, start_image: bool, swap_embeddings: bool, clip: bool = False) -> dict:
     """Both samplers on the same prompt, file and seed; `swap_embeddings` gives each conditioning node the other
-    side's camera embedding."""
+    side's camera embedding; `clip`: the start image's CLIP features from each side's CLIP vision nodes (CLIP ViT-H
+    with random weights at its real size, as native loads only that)."""
     size = {"width": WIDTH, "height": HEIGHT, "length": FRAMES}
     graph = {
         "te": {"class_type": "WanTextEncoderLoader", "inputs": {"model_name": WAN_FILES["text_encoder"],
@@ -72,6 +74,18 @@ def _graph(preset: str, start_image: bool, swap_embeddings: bool) -> dict:
     if start_image:
         graph["pack_cond"]["inputs"]["start_image"] = ["image", 0]
         graph["native_cond"]["inputs"]["start_image"] = ["image", 0]
+    if clip:
+        graph.update({
+            "pack_clip": {"class_type": "WanCLIPVisionLoader", "inputs": {"clip_name": REAL_SIZE_CLIP_VISION,
+                                                                          "dtype": "fp32"}},
+            "pack_features": {"class_type": "WanCLIPVisionEncode", "inputs": {
+                "clip_vision": ["pack_clip", 0], "image": ["image", 0], "crop": "center"}},
+            "native_clip": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": REAL_SIZE_CLIP_VISION}},
+            "native_features": {"class_type": "CLIPVisionEncode", "inputs": {
+                "clip_vision": ["native_clip", 0], "image": ["image", 0], "crop": "center"}},
+        })
+        graph["pack_cond"]["inputs"]["clip_vision_output"] = ["pack_features", 0]
+        graph["native_cond"]["inputs"]["clip_vision_output"] = ["native_features", 0]
     return graph
 
 
@@ -80,11 +94,12 @@ def _latent(server, entry, node):
     return load_file(os.path.join(server.output_dir, item["subfolder"], item["filename"]))["latent_tensor"]
 
 
-@pytest.mark.parametrize("preset,start_image,swap", [
-    ("Pan Left", True, False), ("ClockWise (CW)", False, False), ("Zoom In", True, True),
+@pytest.mark.parametrize("preset,start_image,swap,clip", [
+    ("Pan Left", True, False, False), ("ClockWise (CW)", False, False, False), ("Zoom In", True, True, False),
+    ("Pan Down", True, False, True),
 ])
-def test_pack_camera_sampling_equals_native(comfy_server, native_camera, preset, start_image, swap):
-    entry = comfy_server.run_prompt(_graph(preset, start_image, swap), timeout=600)
+def test_pack_camera_sampling_equals_native(comfy_server, native_camera, preset, start_image, swap, clip):
+    entry = comfy_server.run_prompt(_graph(preset, start_image, swap, clip), timeout=600)
     pack, native = _latent(comfy_server, entry, "save_pack"), _latent(comfy_server, entry, "save_native")
     assert pack.shape == (1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
     assert_native_close(pack, native, NATIVE_RELATIVE)
