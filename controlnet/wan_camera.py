@@ -20,6 +20,7 @@ from .camera_embedding import EMBEDDING_CHANNELS, check_camera_embedding
 CONDITIONING_KEY = "camera_conditions"  # ComfyUI's own key (WanCameraImageToVideo), so native conditioning works
 ADAPTER = "control_adapter"
 _UNSHUFFLE = 8
+_TEXT_TOKENS = 512  # diffusers' Wan attention takes all but the last 512 context tokens as the image's
 _OFFSET = "_camera_offset"  # the adapter output waiting for the patch embedding (a plain attribute)
 
 
@@ -79,7 +80,13 @@ def _text_as_image_context(condition_embedder, args, output):
     cross-attention over the embedded prompt tokens; diffusers' would run it over no tokens. Giving the embedded
     prompt as the image context (diffusers splits off everything before the last 512 tokens) runs it as native."""
     temb, timestep_proj, text, image = output
-    return output if image is not None else (temb, timestep_proj, text, text)
+    if image is not None:
+        return output
+    if text.shape[1] != _TEXT_TOKENS:
+        raise ValueError(f"The prompt has {text.shape[1]} tokens; without CLIP features a Fun-Camera model reads "
+                         f"prompts of {_TEXT_TOKENS} tokens (Wan Text Encode's): shorten the prompt or connect the "
+                         "start image's CLIP features (clip_vision_output).")
+    return temb, timestep_proj, text, text
 
 
 def is_camera_model(transformer) -> bool:

@@ -295,3 +295,11 @@ def test_a_partially_loaded_camera_model_computes_only_on_its_load_device(files)
     with mixes, torch.inference_mode():
         velocity = predict(torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, device=META), torch.tensor(0.5, device=META), 0, 4)
     assert velocity.device == META and mixes.calls == []
+
+
+def test_without_clip_a_prompt_of_other_length_is_refused(files):
+    _, paths = files
+    model, _ = load_wan_transformer(paths["comfy_prefixed"])
+    x, text, _ = _inputs(3)
+    with pytest.raises(ValueError, match="has 600 tokens; without CLIP features"), torch.no_grad():
+        model(x, torch.tensor([300.0]), torch.cat([text, text[:, :88]], dim=1), return_dict=False)
