@@ -44,6 +44,9 @@ def native_spec(transformer, info: dict) -> NativeSpec:
         if variant.is_vace:
             raise ValueError("This is a Wan VACE model: it needs its control inputs, which the MODEL adapter does not "
                              "pass. Sample it with the Wan Sampler.")
+        if variant.is_camera:
+            raise ValueError("This is a Wan Fun-Camera model: the MODEL adapter does not pass its camera path. Sample "
+                             "it with the Wan Sampler (Wan Camera Image to Video, or native WanCameraImageToVideo).")
         return NativeSpec("wan", variant.default_shift, transformer.config.out_channels, 1.0, False,
                           _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape),
                           is_image_to_video(transformer.config))

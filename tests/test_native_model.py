@@ -56,6 +56,7 @@ def test_wan_image_to_video_spec_passes_comfyuis_concat_and_clip_features(varian
 @pytest.mark.parametrize("node, info, message", [
     (SanaModelToMODEL, {"family": "sana", "variant": SanaVariant("Sprint", 32, 3.0, True, 32)}, "Sana-Sprint"),
     (WanModelToMODEL, {"family": "wan", "variant": _wan_variant(is_vace=True)}, "VACE"),
+    (WanModelToMODEL, {"family": "wan", "variant": _wan_variant(is_i2v=True, is_camera=True)}, "Fun-Camera"),
 ])
 def test_models_the_adapter_cannot_drive_are_refused(node, info, message):
     with pytest.raises(ValueError, match=message):
