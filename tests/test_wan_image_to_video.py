@@ -265,3 +265,19 @@ def test_lora_batched_guidance_speed_and_fp8_storage_work_with_image_to_video(mo
     assert torch.equal(sample(model, speed=SpeedOptions(cache="first_block", threshold=0.0)), plain)
     (fp8,) = NODES["WanTransformerLoader"]().load(models["paths"]["i2v"], "fp32", "fp8_e4m3fn")
     assert 0 < (sample(fp8) - plain).abs().max() <= 0.05 * plain.abs().max()
+
+
+def test_a_batch_of_two_videos_from_one_image(models):
+    """batch_size 2: each video gets its own noise (ComfyUI's: the first is the batch-of-one video) and the same
+    image conditioning."""
+    start = _image(64, 48, 1)
+    (encoder,) = NODES["WanTextEncoderLoader"]().load(models["paths"]["text_encoder"], "fp32")
+    (vae,) = NODES["WanVAELoader"]().load(models["paths"]["vae"], "fp32")
+    positive, negative = NODES["WanTextEncode"]().encode(encoder, PROMPTS[0], NEGATIVE, False)
+    node, clip = NODES["WanImageToVideoConditioning"](), _clip(models, start)
+    single = node.apply(positive, negative, vae, 64, 48, FRAMES, 1, start, None, clip, None)
+    pair = node.apply(positive, negative, vae, 64, 48, FRAMES, 2, start, None, clip, None)
+    assert pair[2]["samples"].shape[0] == 2
+    one, two = _sample(models, "i2v", single), _sample(models, "i2v", pair)
+    assert (two[:1] - one).abs().max() <= 1e-5 * one.abs().max()
+    assert (two[1] - two[0]).abs().max() > 1e-2
