@@ -1,12 +1,9 @@
 """Sana-Video in a real ComfyUI: text- and image-to-video latents of our sampler decode alike with our Wan VAE Decode
 and ComfyUI's native VAE Decode (the Wan2.1 VAE at its real size, random weights)."""
 
-import io
-
-import torch
 from conftest import REAL_SIZE_WAN_VAE
-from PIL import Image
 from sample_media import INPUT_IMAGE
+from test_comfyui_wan import _frames
 from tiny_models import SANA_FILES, SANA_VIDEO_FILE
 
 WIDTH, HEIGHT, FRAMES = 48, 32, 9  # the size of the server's INPUT_IMAGE
@@ -52,13 +49,6 @@ def _graph() -> dict:
         **_decoded_both_ways("t2v", ["t2v", 0]),
         **_decoded_both_ways("i2v", ["i2v", 0]),
     }
-
-
-def _frames(server, entry, node):
-    images = entry["outputs"][node]["images"]
-    return torch.stack([torch.tensor(list(Image.open(io.BytesIO(server.get(
-        f"/view?filename={i['filename']}&subfolder={i['subfolder']}&type=output"))).getdata()), dtype=torch.float32)
-        for i in images])
 
 
 def test_text_and_image_to_video_latents_decode_alike_with_ours_and_native(comfy_server):
