@@ -78,7 +78,6 @@ def load_sana_video_transformer(path: str, dtype: torch.dtype | None = None, sto
     """
     name = os.path.basename(os.path.normpath(path))
     config, state_dict = _read_folder(path) if os.path.isdir(path) else _read_file(path)
-    _require_wan_latents(config, name)
     dtype = dtype or main_dtype(state_dict)
     check = partial(check_converted_layout, family=_FAMILY)
     prepare = storage_preparer(dtype, storage, partial(cast_floats, dtype=dtype))
@@ -141,6 +140,7 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
         shapes = {k: tuple(t.shape) for k, t in convert_original_to_diffusers_video(meta).items()}
     config = sana_video_config_from_shapes(shapes)
+    _require_wan_latents(config, name)
     state_dict = strip_prefix(load_state_dict(path), _FILE_PREFIXES)
     return config, convert_original_to_diffusers_video(state_dict) if original else state_dict
 
@@ -161,10 +161,13 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     files = weight_files_in_folder(folder, DIFFUSERS_STEM)
     shapes = {k: shape for f in files for k, (shape, _) in checkpoint_keys(f).items()}
     require_transformer(shapes, name, _FAMILY)
-    return config or sana_video_config_from_shapes(shapes), load_folder_state_dict(folder, DIFFUSERS_STEM)
+    config = config or sana_video_config_from_shapes(shapes)
+    _require_wan_latents(config, name)
+    return config, load_folder_state_dict(folder, DIFFUSERS_STEM)
 
 
 def _require_wan_latents(config: dict, name: str) -> None:
+    """Checked before the weights are read: a 720p file is refused at once."""
     patch = tuple(config["patch_size"]) if isinstance(config["patch_size"], (list, tuple)) else None
     if config["in_channels"] != WAN21_CHANNELS or patch != _WAN_PATCH:
         raise ValueError(
