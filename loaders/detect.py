@@ -12,6 +12,9 @@ _SIGNATURES = [
     ("ControlNet for another model family (SD / SDXL / Flux / SD3)", (
         "control_model.zero_convs.0.0.weight", "zero_convs.0.0.weight", "controlnet_cond_embedding.conv_in.weight",
         "controlnet_x_embedder.weight", "pos_embed_input.proj.weight")),
+    # Sana-Video shares Sana's names; its feed-forward's temporal convolution tells it apart.
+    ("Sana-Video transformer (original layout)", ("blocks.0.mlp.t_conv.weight",)),
+    ("Sana-Video transformer (diffusers layout)", ("transformer_blocks.0.ff.conv_temp.weight",)),
     ("Sana transformer (original layout)", ("t_block.1.weight", "y_embedder.y_proj.fc1.weight")),
     ("Sana transformer (diffusers layout)", ("caption_projection.linear_1.weight",)),
     ("Wan transformer (original layout)", ("head.modulation", "blocks.0.self_attn.q.weight")),

@@ -265,19 +265,19 @@ def _find(shapes: dict, pattern: str) -> tuple[int, ...] | None:
     return next((tuple(shape) for key, shape in shapes.items() if re.fullmatch(pattern, key)), None)
 
 
-def _require(shapes: dict, pattern: str) -> tuple[int, ...]:
+def _require(shapes: dict, pattern: str, family: str = "Sana") -> tuple[int, ...]:
     shape = _find(shapes, pattern)
     if shape is None:
         readable = pattern.replace("\\d+", "N").replace("\\", "")
-        raise ValueError(f"Not a complete Sana transformer: no tensor '{readable}'.")
+        raise ValueError(f"Not a complete {family} transformer: no tensor '{readable}'.")
     return shape
 
 
-def _num_layers(shapes: dict, pattern: str) -> int:
+def _num_layers(shapes: dict, pattern: str, family: str = "Sana") -> int:
     """Highest block index + 1, so a file missing a whole block shows up as missing keys, not as a shallower model."""
     indices = [int(m[1]) for m in (re.fullmatch(pattern, key) for key in shapes) if m]
     if not indices:
-        raise ValueError("Not a complete Sana transformer: it has no transformer blocks.")
+        raise ValueError(f"Not a complete {family} transformer: it has no transformer blocks.")
     return max(indices) + 1
 
 

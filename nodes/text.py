@@ -16,6 +16,28 @@ from .progress import unit_progress
 FOLDERS = ("text_encoders",)
 
 
+def prompt_batch(prompt, negative_prompt, batch_prompts: bool) -> list[str]:
+    """The prompts of one text node: each non-empty line with `batch_prompts`, else the whole text."""
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise ValueError("prompt and negative_prompt must be text.")
+    prompts = [line for line in prompt.splitlines() if line.strip()] if batch_prompts else [prompt]
+    if not prompts:
+        raise ValueError("batch_prompts is on but the prompt has no non-empty line.")
+    return prompts
+
+
+def encode_pair(text_encoder, encode, prompts: list[str], negative_prompt: str) -> tuple[list, list]:
+    """(positive, negative) CONDITIONING on ComfyUI's intermediate device, from `encode(encoder, tokenizer, texts,
+    negative=..., progress=...)` (a text/ recipe) with the loaded encoder; one progress bar for both."""
+    encoder, tokenizer = text_encoder.load(), text_encoder.info["tokenizer"]
+    out = bridge.intermediate_device()
+    first, second = unit_progress(2)
+    with torch.inference_mode():
+        positive = encode(encoder, tokenizer, prompts, progress=first)
+        negative = encode(encoder, tokenizer, [negative_prompt], negative=True, progress=second)
+    return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
+
+
 class SanaTextEncoderLoader:
     DESCRIPTION = ("Loads Gemma-2-2B-IT for Sana: an HF folder, a Comfy-Org single file (tokenizer inside), or a "
                    "safetensors file with tokenizer.model beside it.")
@@ -51,16 +73,8 @@ class SanaTextEncode:
         }}
 
     def encode(self, text_encoder, prompt, negative_prompt):
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise ValueError("prompt and negative_prompt must be text.")
-        encoder = text_encoder.load()
-        tokenizer = text_encoder.info["tokenizer"]
-        out = bridge.intermediate_device()
-        first, second = unit_progress(2)
-        with torch.inference_mode():
-            positive = encode_sana_prompt(encoder, tokenizer, [prompt], progress=first)
-            negative = encode_sana_prompt(encoder, tokenizer, [negative_prompt], negative=True, progress=second)
-        return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
+        return encode_pair(text_encoder, encode_sana_prompt, prompt_batch(prompt, negative_prompt, False),
+                           negative_prompt)
 
 
 class WanTextEncoderLoader:
@@ -102,19 +116,9 @@ class WanTextEncode:
         }}
 
     def encode(self, text_encoder, prompt, negative_prompt, batch_prompts):
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise ValueError("prompt and negative_prompt must be text.")
-        prompts = [line for line in prompt.splitlines() if line.strip()] if batch_prompts else [prompt]
-        if not prompts:
-            raise ValueError("batch_prompts is on but the prompt has no non-empty line.")
-        encoder = text_encoder.load()
-        tokenizer = text_encoder.info["tokenizer"]
-        out = bridge.intermediate_device()
-        first, second = unit_progress(2)
-        with torch.inference_mode():
-            positive = encode_wan_prompt(encoder, tokenizer, prompts, progress=first)
-            negative = encode_wan_prompt(encoder, tokenizer, [negative_prompt], progress=second)
-        return tuple(make_conditioning(embeds.to(out), mask.to(out)) for embeds, mask in (positive, negative))
+        prompts = prompt_batch(prompt, negative_prompt, batch_prompts)
+        return encode_pair(text_encoder, lambda encoder, tokenizer, texts, negative=False, progress=None:
+                           encode_wan_prompt(encoder, tokenizer, texts, progress=progress), prompts, negative_prompt)
 
 
 NODE_CLASS_MAPPINGS = {"SanaTextEncoderLoader": SanaTextEncoderLoader, "SanaTextEncode": SanaTextEncode,

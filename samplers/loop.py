@@ -94,12 +94,14 @@ def sample_flow(
     schedule: Schedule,
     x: torch.Tensor,
     callback: StepCallback | None = None,
+    constrain: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE with the scheduler; `predict(x, t, step, total)` returns the (guided) velocity in
     float32 for step `step` (from 0) of the `total` steps run (a second-order solver calls it twice per step).
 
     `callback(step, total, x0)` runs after every step with the current estimate of the clean latent, for progress,
-    previews and interrupts.
+    previews and interrupts. `constrain(x)` runs after every solver call and gives back what the run holds fixed
+    (image-to-video's start frame).
     """
     calls = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
@@ -107,6 +109,8 @@ def sample_flow(
         velocity = predict(x, t, step, schedule.steps)
         x0 = x - schedule.sigmas[i].to(x.device, torch.float32) * velocity
         x = scheduler.step(velocity, t, x, return_dict=False)[0]
+        if constrain is not None:
+            x = constrain(x)
         if callback is not None and ((i + 1) % schedule.order == 0 or i == calls - 1):
             callback(step + 1, schedule.steps, x0)
     return x

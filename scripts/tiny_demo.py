@@ -3,11 +3,11 @@
     python scripts/tiny_demo.py --models COMFYUI/models --input COMFYUI/input   # in ComfyUI's Python (needs torch)
     python scripts/tiny_demo.py --twins     # rewrite workflows/tiny/ from workflows/api/ (after editing an example)
 
-The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Wan2.1 T2V, I2V,
-FLF2V, VACE and Fun-Camera, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying the graphs
-and the API, not for pictures), and the sample inputs the examples load (`input_image.png`, `input_video.mp4`,
-`control_video.mp4`, `reference.png`, `sana_controlnet_hed.png`: synthetic, a square moving over a gradient, and an
-edge map).
+The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Sana-Video, Wan2.1
+T2V, I2V, FLF2V, VACE and Fun-Camera, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying
+the graphs and the API, not for pictures), and the sample inputs the examples load (`input_image.png`,
+`input_video.mp4`, `control_video.mp4`, `reference.png`, `sana_controlnet_hed.png`: synthetic, a square moving over a
+gradient, and an edge map).
 
 A tiny twin (workflows/tiny/NAME.json) is the API workflow workflows/api/NAME.json with every real file name
 replaced by its tiny counterpart, small sizes and few steps (seconds on a CPU), and outputs under `tiny/`.
@@ -49,13 +49,15 @@ SETTINGS = {
         **WAN_SIZE, "length": WAN_FRAMES,
         "keyframes_json": '[{"frame": 8, "tilt": 8, "roll": -4, "x": 0.3, "z": 1.6, "zoom": 1.25, '
                           '"ease": "ease-out"}]'}},
+    "sana_video_text_to_video": {"5": {**WAN_SIZE, "length": WAN_FRAMES}, "6": {"steps": 3}},
+    "sana_video_image_to_video": {"6": {**WAN_SIZE, "length": WAN_FRAMES}, "7": {"steps": 3}},
 }
 
 
 def tiny_names() -> dict[str, str]:
     """Real file name in the examples -> the tiny file's name."""
     from tiny_lora import WAN_LORA_FILES
-    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, WAN_FILES, WAN_I2V_FILES
+    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, SANA_VIDEO_FILE, WAN_FILES, WAN_I2V_FILES
     from tiny_sana_controlnet import CONTROL_IMAGE, CONTROLNET_FILE
     from tiny_wan_camera import WAN_CAMERA_FILE
     from tiny_wan_vace import WAN_VACE_FILE
@@ -71,6 +73,7 @@ def tiny_names() -> dict[str, str]:
         "wan2.1_flf2v_720p_14B_fp16.safetensors": WAN_I2V_FILES["flf2v"],
         "clip_vision_h.safetensors": WAN_I2V_FILES["clip_vision"],
         "wan2.1_fun_camera_v1.1_1.3B_bf16.safetensors": WAN_CAMERA_FILE,
+        "SANA-Video_2B_480p_diffusers": SANA_VIDEO_FILE,
     }
 
 

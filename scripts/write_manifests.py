@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 
 import torch
 from diffusers import (AutoencoderDC, AutoencoderKLWan, SanaControlNetModel, SanaTransformer2DModel,
-                       WanTransformer3DModel)
+                       SanaVideoTransformer3DModel, WanTransformer3DModel)
 from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, Gemma2Config, Gemma2ForCausalLM,
                           UMT5Config, UMT5EncoderModel)
 
@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from conftest import MANIFESTS  # noqa: E402  (conftest also imports the pack as `sana_wan`, which tiny_umt5 needs)
 import tiny_clip_vision  # noqa: E402
 import tiny_sana  # noqa: E402
+import tiny_sana_video  # noqa: E402
 import tiny_umt5  # noqa: E402
 import tiny_wan  # noqa: E402
 import tiny_wan_camera  # noqa: E402
@@ -55,6 +56,14 @@ SANA_SPRINT_1600M = {**SANA15_1600M, "guidance_embeds": True}
 # diffusers scripts/convert_sana_controlnet_to_diffusers.py, model_kwargs["SanaMS_1600M_P1_ControlNet_D7"] at
 # --image_size 1024: what it writes from Efficient-Large-Model/Sana_1600M_1024px_BF16_ControlNet_HED
 SANA_CONTROLNET_1600M = {**SANA_1600M, "num_layers": 7}
+# The transformer_kwargs of diffusers' scripts/convert_sana_video_to_diffusers.py at --video_size 480, what wrote
+# Efficient-Large-Model/SANA-Video_2B_480p_diffusers (its transformer/config.json was not reachable to cite).
+SANA_VIDEO_2B_480P = {
+    "in_channels": 16, "out_channels": 16, "num_attention_heads": 20, "attention_head_dim": 112, "num_layers": 20,
+    "num_cross_attention_heads": 20, "cross_attention_head_dim": 112, "cross_attention_dim": 2240,
+    "caption_channels": 2304, "mlp_ratio": 3.0, "attention_bias": False, "sample_size": 30, "patch_size": (1, 2, 2),
+    "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
+}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
 WAN21_T2V_1_3B = {
     "patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
@@ -147,6 +156,17 @@ def _sana_original(config: dict, repo: str, dtype: str, pth: str, extras: str = 
     return Layout(build, dtype, _SANA_ORIGINAL.format(repo, extras), pth + _SANA_PTH)
 
 
+_SANA_VIDEO_SOURCE = ("diffusers SanaVideoTransformer3DModel, the transformer_kwargs of diffusers' "
+                      "scripts/convert_sana_video_to_diffusers.py at --video_size 480 (the config it writes for "
+                      "Efficient-Large-Model/SANA-Video_2B_480p_diffusers, whose config.json was not reachable), meta "
+                      "device")
+
+
+def _sana_video_original():
+    model = _meta(SanaVideoTransformer3DModel, **SANA_VIDEO_2B_480P)
+    return tiny_sana_video.diffusers_to_original(model.state_dict(), model.config)
+
+
 LAYOUTS = {
     "clip_vision_h": Layout(
         _clip_vision_h, "F16",
@@ -224,6 +244,16 @@ LAYOUTS = {
         SANA_SPRINT_1600M, "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers", "BF16",
         "Efficient-Large-Model/Sana_Sprint_1.6B_1024px/checkpoints/Sana_Sprint_1.6B_1024px.pth, BF16.",
         _SPRINT_LOGVAR),
+    "sana_video_2b_480p_diffusers": Layout(
+        lambda: _meta(SanaVideoTransformer3DModel, **SANA_VIDEO_2B_480P).state_dict(), "BF16", _SANA_VIDEO_SOURCE,
+        "Efficient-Large-Model/SANA-Video_2B_480p_diffusers transformer/diffusion_pytorch_model*.safetensors (dtype "
+        "not verified). Its pipeline pairs it with Gemma-2-2B-IT and the Wan2.1 VAE (AutoencoderKLWan)."),
+    "sana_video_2b_480p_original": Layout(
+        _sana_video_original, "BF16",
+        "NVlabs Sana-Video layout: " + _SANA_VIDEO_SOURCE + ", through tests/tiny_sana_video.py diffusers_to_original "
+        "(the Sana names, fused qkv / kv_linear, x_embedder.proj as a Conv3d and mlp.t_conv, plus the null-caption "
+        "y_embedder.y_embedding that the script drops)",
+        "Efficient-Large-Model/SANA-Video_2B_480p/checkpoints/SANA_Video_2B_480p.pth (dtype not verified)." + _SANA_PTH),
     "umt5_xxl_encoder_hf": Layout(
         _umt5, "F16",
         "transformers UMT5EncoderModel, google/umt5-xxl config.json, meta device",

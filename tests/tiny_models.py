@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from tiny_dcae import tiny_dcae, write_dcae_layouts
 from tiny_gemma import tiny_gemma2, tokenizer_from_spm, train_spm_bytes, write_gemma_layouts
 from tiny_sana import tiny_sana_transformer, write_sana_layouts
+from tiny_sana_video import tiny_sana_video_transformer, write_sana_video_layouts
 from tiny_umt5 import tiny_umt5, write_umt5_layouts
 from tiny_umt5 import tokenizer_from_spm as umt5_tokenizer_from_spm
 from tiny_umt5 import train_spm_bytes as train_umt5_spm_bytes
@@ -24,6 +25,7 @@ from tiny_wan_vae import to_original_layout as to_wan_vae_original
 SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safetensors",
               "vae": "dc-ae-tiny.safetensors"}
 SANA_SPRINT_FILE = "sana_sprint_tiny.pth"  # fits the same text encoder and DC-AE
+SANA_VIDEO_FILE = "sana_video_tiny.pth"  # fits the same text encoder, and the Wan VAE
 
 
 def tiny_sana_set(variant: str = "base") -> dict:
@@ -102,9 +104,10 @@ def write_wan_image_to_video_files(models_dir: str, layouts: str) -> None:
 
 def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
     """Every tiny model the example workflows load, under the names above, in ComfyUI's folders below `models_dir`:
-    Sana and Sana-Sprint with Gemma-2 and DC-AE, a Sana ControlNet (its control image in `input_dir`), Wan2.1 T2V,
-    I2V, FLF2V, VACE and Fun-Camera with UMT5, CLIP vision and the Wan VAE, two Wan LoRAs. Wan's text width is
-    UMT5-XXL's 4096, which native ComfyUI hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
+    Sana and Sana-Sprint with Gemma-2 and DC-AE, Sana-Video (with that Gemma-2 and the Wan VAE), a Sana ControlNet
+    (its control image in `input_dir`), Wan2.1 T2V, I2V, FLF2V, VACE and Fun-Camera with UMT5, CLIP vision and the Wan
+    VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096, which native ComfyUI hard-codes, so its KSampler and LoRA
+    loader take the tiny Wan too."""
     from tiny_lora import write_wan_loras
     from tiny_sana_controlnet import write_integration_files
     from tiny_wan_camera import WAN_CAMERA_FILE, tiny_camera_weights, write_camera_layouts
@@ -114,6 +117,8 @@ def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
         place_in_comfy_folders(write_sana_files(tiny_sana_set(), layouts), SANA_FILES, models_dir)
         sprint = write_sana_files(tiny_sana_set("sprint"), os.path.join(layouts, "sprint"))["transformer"]
         shutil.copy(sprint, os.path.join(models_dir, "diffusion_models", SANA_SPRINT_FILE))
+        video = write_sana_video_layouts(tiny_sana_video_transformer(seed=12), os.path.join(layouts, "video"))
+        shutil.copy(video["original_pth"], os.path.join(models_dir, "diffusion_models", SANA_VIDEO_FILE))
         place_in_comfy_folders(write_wan_files(tiny_wan_set(text_width=4096), layouts), WAN_FILES, models_dir)
         vace = write_vace_layouts(tiny_vace_transformer(seed=5, text_dim=4096), os.path.join(layouts, "vace"))
         shutil.copy(vace["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_VACE_FILE))

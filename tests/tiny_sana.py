@@ -88,7 +88,11 @@ def tiny_sana_transformer(variant: str = "base", seed: int = 0, **overrides) -> 
 
     `overrides` change config fields, e.g. 32 latent channels and a caption width that fits a tiny text encoder.
     """
-    model = SanaTransformer2DModel(**{**tiny_sana_config(variant), **overrides})
+    return randomised(SanaTransformer2DModel(**{**tiny_sana_config(variant), **overrides}), seed)
+
+
+def randomised(model, seed: int):
+    """`model` in eval mode with every parameter drawn from a seeded N(0, 0.2^2)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -96,17 +100,21 @@ def tiny_sana_transformer(variant: str = "base", seed: int = 0, **overrides) -> 
     return model.eval()
 
 
-def write_sana_layouts(model: SanaTransformer2DModel, directory: str) -> dict[str, str]:
-    """Write `model` in every layout the loader accepts; layout name -> path to hand to the loader."""
+def write_sana_layouts(model: SanaTransformer2DModel, directory: str, to_original=None,
+                       stem: str = "sana") -> dict[str, str]:
+    """Write `model` in every layout the loader accepts; layout name -> path to hand to the loader.
+
+    `to_original(state_dict, config)` is the diffusers -> original key map (default: Sana's); `stem` names the files.
+    """
     state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
-    original = diffusers_to_original(state_dict, model.config)
+    original = (to_original or diffusers_to_original)(state_dict, model.config)
     paths = {
         "diffusers_folder": os.path.join(directory, "diffusers"),
         "pipeline_folder": os.path.join(directory, "pipeline"),
-        "diffusers_single": os.path.join(directory, "sana_diffusers.safetensors"),
-        "original_pth": os.path.join(directory, "sana.pth"),
-        "original_safetensors": os.path.join(directory, "sana.safetensors"),
-        "comfy_prefixed": os.path.join(directory, "sana_comfy.safetensors"),
+        "diffusers_single": os.path.join(directory, f"{stem}_diffusers.safetensors"),
+        "original_pth": os.path.join(directory, f"{stem}.pth"),
+        "original_safetensors": os.path.join(directory, f"{stem}.safetensors"),
+        "comfy_prefixed": os.path.join(directory, f"{stem}_comfy.safetensors"),
     }
     model.save_pretrained(paths["diffusers_folder"])
     model.save_pretrained(os.path.join(paths["pipeline_folder"], "transformer"))

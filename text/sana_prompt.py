@@ -53,12 +53,14 @@ def _chi_length(tokenizer, chi: str, max_sequence_length: int) -> int:
 
 def encode_sana_prompt(text_encoder, tokenizer, prompts: list[str], negative: bool = False,
                        max_sequence_length: int = 300, device=None,
-                       progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       progress: Progress | None = None,
+                       chi: list[str] = SANA_CHI) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings [B, L, D] (the encoder's dtype, on `device`) and attention mask [B, L] of Sana prompts.
 
     `device` defaults to the text encoder's; the caller moves the results where the sampler needs them.
     Positive: CHI prefix and select_index, L = max_sequence_length. Negative: no CHI, L = max_sequence_length.
     `progress(done, total)` runs after each decoder layer (work_units); what it raises stops the encode there.
+    `chi` is the instruction's lines (Sana-Video has its own, text/sana_video_prompt.py).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     device = execution_device(text_encoder) if device is None else torch.device(device)
@@ -66,7 +68,7 @@ def encode_sana_prompt(text_encoder, tokenizer, prompts: list[str], negative: bo
     if negative:
         input_ids, mask = _tokenize(tokenizer, texts, max_sequence_length)
     else:
-        chi = "\n".join(SANA_CHI)
+        chi = "\n".join(chi)
         input_ids, mask = _tokenize(tokenizer, [chi + t for t in texts], _chi_length(tokenizer, chi, max_sequence_length))
     mask = mask.to(device)
     layers = text_encoder.layers
