@@ -96,7 +96,9 @@ class DCAEEncode:
 
 
 class WanVAELoader:
-    DESCRIPTION = "Loads the Wan2.1 VAE: Comfy-Org wan_2.1_vae.safetensors, the original Wan2.1_VAE.pth, or diffusers."
+    DESCRIPTION = ("Loads a Wan VAE: the Wan2.1 VAE (Wan2.1 models, Wan2.2 A14B: Comfy-Org wan_2.1_vae.safetensors, "
+                   "Wan2.1_VAE.pth) or the 48-channel Wan2.2 VAE (TI2V-5B: wan2.2_vae.safetensors, Wan2.2_VAE.pth); "
+                   "diffusers folders too. Which one is read from the weights.")
     CATEGORY = "Wan"
     FUNCTION = "load"
     RETURN_TYPES = ("WAN_VAE",)
@@ -165,5 +167,5 @@ class WanVAEEncode:
 NODE_CLASS_MAPPINGS = {"DCAELoader": DCAELoader, "DCAEDecode": DCAEDecode, "DCAEEncode": DCAEEncode,
                        "WanVAELoader": WanVAELoader, "WanVAEDecode": WanVAEDecode, "WanVAEEncode": WanVAEEncode}
 NODE_DISPLAY_NAME_MAPPINGS = {"DCAELoader": "Load DC-AE (Sana VAE)", "DCAEDecode": "DC-AE Decode",
-                              "DCAEEncode": "DC-AE Encode", "WanVAELoader": "Load Wan2.1 VAE",
+                              "DCAEEncode": "DC-AE Encode", "WanVAELoader": "Load Wan VAE (2.1 / 2.2)",
                               "WanVAEDecode": "Wan VAE Decode", "WanVAEEncode": "Wan VAE Encode"}

@@ -6,8 +6,8 @@ read, and a README table of them. Nothing is downloaded: every model is built on
 
 Library layouts come from the diffusers / transformers class with the real config. Each config below holds the
 fields of the cited config.json that decide tensor shapes (the rest, e.g. eps or latent statistics, leave shapes
-alone). Original layouts (NVlabs Sana, the original Wan2.1 WanModel / T5 / VAE names) come from the library layout
-through the diffusers -> original key maps of tests/tiny_*.py: they invert diffusers' conversion scripts and are
+alone). Original layouts (NVlabs Sana, the original Wan2.1 WanModel / T5 / VAE and Wan2.2 VAE names) come from
+the library layout through the diffusers -> original key maps of tests/tiny_*.py: they invert diffusers' conversion scripts and are
 written independently of the loaders' maps, so the loader tests on these files stay a check of the loaders.
 """
 
@@ -82,6 +82,9 @@ WAN21_FUN_CAMERA_1_3B = {**WAN21_T2V_1_3B, "in_channels": 32, "image_dim": 1280,
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json
 WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True]}
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json (diffusers' scripts/convert_wan_to_diffusers.py vae22_diffusers_config)
+WAN22_VAE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True, "in_channels": 12,
+             "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16}
 # google/umt5-xxl config.json (Wan-AI/Wan2.1-T2V-1.3B-Diffusers text_encoder/config.json: same sizes)
 UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
             "relative_attention_num_buckets": 32, "feed_forward_proj": "gated-gelu"}
@@ -124,6 +127,10 @@ def _wan_fun_camera() -> dict:
     width = WAN21_FUN_CAMERA_1_3B["num_attention_heads"] * WAN21_FUN_CAMERA_1_3B["attention_head_dim"]
     shapes = tiny_wan_camera.camera_adapter_shapes(width)
     return {**state_dict, **{k: torch.empty(v, device="meta") for k, v in shapes.items()}}
+
+
+def _wan22_vae() -> dict:
+    return _meta(AutoencoderKLWan, **WAN22_VAE).state_dict()
 
 
 class Layout(NamedTuple):
@@ -323,6 +330,19 @@ LAYOUTS = {
         "decoder.upsamples.3/7",
         "Wan-AI/Wan2.1-T2V-1.3B Wan2.1_VAE.pth: a plain state dict (load with weights_only=True), F32; "
         "Comfy-Org wan_2.1_vae.safetensors: F16."),
+    "wan22_vae_diffusers": Layout(
+        _wan22_vae, "F32",
+        "diffusers AutoencoderKLWan, Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json (diffusers' "
+        "scripts/convert_wan_to_diffusers.py vae22_diffusers_config), meta device",
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/diffusion_pytorch_model.safetensors, F32 (the Wan2.2 A14B "
+        "-Diffusers folders carry the Wan2.1 VAE)."),
+    "wan22_vae_original": Layout(
+        lambda: tiny_wan_vae.to_wan22_original_layout(_wan22_vae()), "F16",
+        "original Wan2.2 VAE names (Wan2.2 wan/modules/vae2_2.py; ComfyUI's comfy/ldm/wan/vae2_2.py WanVAE has the "
+        "same module tree, checked key for key at toy widths): wan22_vae_diffusers through tests/tiny_wan_vae.py "
+        "to_wan22_original_layout, the inverse of diffusers' convert_vae_22",
+        "Wan-AI/Wan2.2-TI2V-5B Wan2.2_VAE.pth: a plain state dict (load with weights_only=True), F32; Comfy-Org "
+        "wan2.2_vae.safetensors (Wan_2.2_ComfyUI_Repackaged split_files/vae): F16."),
 }
 
 README = """# Real checkpoint layouts
@@ -338,8 +358,8 @@ derived; `format_notes` which released files use it and their quirks. A loader i
 key maps onto its model with equal shape and no model tensor is left unfilled; the tests check that on the meta
 device.
 
-Original layouts (NVlabs Sana, the original Wan2.1 WanModel / T5 / VAE names, whose code is not vendored here) are the
-library layout through the tests' own diffusers -> original key maps (`tests/tiny_*.py`). Every file has the keys,
+Original layouts (NVlabs Sana, the original Wan2.1 WanModel / T5 / VAE and Wan2.2 VAE names, whose code is not
+vendored here) are the library layout through the tests' own diffusers -> original key maps (`tests/tiny_*.py`). Every file has the keys,
 shapes and dtypes of the one first derived from the reference code (the manifests given beside the repository),
 except:
 

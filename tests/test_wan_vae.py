@@ -1,7 +1,6 @@
-"""Wan2.1 VAE: every layout loads to the same model, real layouts infer the Wan2.1 config, decoding and encoding
+"""Wan2.1 VAE (Wan2.2's: test_wan22_vae.py): every layout loads to the same model, real layouts infer the Wan2.1 config, decoding and encoding
 match diffusers' WanPipeline, tiles leave no seams, latent normalisation is the pipeline's, bad input is refused."""
 
-import json
 import os
 import re
 
@@ -12,11 +11,13 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from diffusers.video_processor import VideoProcessor
 from safetensors.torch import save_file
 
-from sana_wan.loaders.wan_vae import check_wan_vae_layout, infer_wan_vae_config, load_wan_vae
-from sana_wan.vae.wan import (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, decode_wan, encode_wan, to_model_space,
+from sana_wan.loaders.wan_vae import (check_wan_vae_layout, convert_wan22_vae_to_diffusers, infer_wan_vae_config,
+                                      load_wan_vae)
+from sana_wan.vae.wan import (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, decode_wan, encode_wan, to_model_space,
                               to_raw, wan_latent_mean_std)
 from tiny_dcae import tiny_dcae
-from tiny_wan_vae import TINY_WAN22_VAE_CONFIG, tiny_wan_vae, to_original_layout, write_wan_vae_layouts
+from tiny_wan_vae import (manifest_shapes, meta_vae, public_config, tiny_wan_vae, to_original_layout,
+                          write_wan_vae_layouts)
 
 SHAPE_FIELDS = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales",
                 "temperal_downsample", "in_channels", "out_channels")
@@ -34,20 +35,6 @@ def layouts(vae, tmp_path_factory):
 
 def _shapes(state_dict):
     return {k: tuple(v.shape) for k, v in state_dict.items()}
-
-
-def _public(config):
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def _meta_vae(**config):
-    with torch.device("meta"):
-        return AutoencoderKLWan(**config)
-
-
-def _manifest(manifests_dir, name):
-    with open(os.path.join(manifests_dir, name)) as f:
-        return {k: tuple(v[0]) for k, v in json.load(f)["tensors"].items()}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -94,30 +81,39 @@ def test_fp16_comfy_file_loads_in_its_dtype_or_the_requested_one(vae, tmp_path):
 def test_real_original_layout_infers_the_wan21_config():
     """The real Wan2.1_VAE.pth layout (diffusers' converter inverted on AutoencoderKLWan(), on the meta device)
     gives AutoencoderKLWan()'s whole config, latent statistics included."""
-    default = _meta_vae()
+    default = meta_vae()
     shapes = convert_wan_vae_to_diffusers(to_original_layout(_shapes(default.state_dict())))
     config = infer_wan_vae_config(shapes)
-    assert _public(_meta_vae(**config).config) == _public(default.config)
+    assert public_config(meta_vae(**config).config) == public_config(default.config)
 
 
-WAN_VAE_MANIFESTS = pytest.mark.parametrize("manifest, original", [("wan21_vae_diffusers.json", False),
-                                                                    ("wan21_vae_original.json", True)])
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json (diffusers' scripts/convert_wan_to_diffusers.py)
+WAN22_REAL_CONFIG = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True, "in_channels": 12,
+                     "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16,
+                     "latents_mean": list(WAN22_LATENTS_MEAN), "latents_std": list(WAN22_LATENTS_STD)}
+WAN_VAE_MANIFESTS = pytest.mark.parametrize("manifest, convert, real_config", [
+    ("wan21_vae_diffusers.json", None, {}), ("wan21_vae_original.json", convert_wan_vae_to_diffusers, {}),
+    ("wan22_vae_diffusers.json", None, WAN22_REAL_CONFIG),
+    ("wan22_vae_original.json", convert_wan22_vae_to_diffusers, WAN22_REAL_CONFIG)])
+
+
+def _manifest_in_diffusers_names(manifests_dir, manifest, convert):
+    shapes = manifest_shapes(manifests_dir, manifest)
+    return convert(shapes) if convert else shapes
 
 
 @WAN_VAE_MANIFESTS
-def test_manifest_maps_with_no_missing_or_unexpected_keys(manifests_dir, manifest, original):
-    shapes = _manifest(manifests_dir, manifest)
-    if original:
-        shapes = convert_wan_vae_to_diffusers(shapes)
-    check_wan_vae_layout(_meta_vae(**infer_wan_vae_config(shapes)), shapes, manifest)
+def test_manifest_maps_with_no_missing_or_unexpected_keys(manifests_dir, manifest, convert, real_config):
+    shapes = _manifest_in_diffusers_names(manifests_dir, manifest, convert)
+    check_wan_vae_layout(meta_vae(**infer_wan_vae_config(shapes)), shapes, manifest)
 
 
 @WAN_VAE_MANIFESTS
-def test_manifest_infers_the_wan21_config(manifests_dir, manifest, original):
-    shapes = _manifest(manifests_dir, manifest)
-    if original:
-        shapes = convert_wan_vae_to_diffusers(shapes)
-    assert _public(_meta_vae(**infer_wan_vae_config(shapes)).config) == _public(_meta_vae().config)
+def test_manifest_infers_the_real_config(manifests_dir, manifest, convert, real_config):
+    """Wan2.1: AutoencoderKLWan()'s whole config; Wan2.2: that of Wan2.2-TI2V-5B-Diffusers, statistics included."""
+    shapes = _manifest_in_diffusers_names(manifests_dir, manifest, convert)
+    assert public_config(meta_vae(**infer_wan_vae_config(shapes)).config) == public_config(
+        meta_vae(**real_config).config)
 
 
 @pytest.mark.parametrize("config", [
@@ -127,9 +123,9 @@ def test_manifest_infers_the_wan21_config(manifests_dir, manifest, original):
      "attn_scales": [1.0, 0.25], "temperal_downsample": [False, False, True]},
 ])
 def test_config_inference_reads_every_shape_field(config):
-    shapes = _shapes(_meta_vae(**config).state_dict())
+    shapes = _shapes(meta_vae(**config).state_dict())
     inferred = infer_wan_vae_config(shapes)
-    expected = _public(_meta_vae(**config).config)
+    expected = public_config(meta_vae(**config).config)
     assert {f: inferred[f] for f in SHAPE_FIELDS} == {f: expected[f] for f in SHAPE_FIELDS}
 
 
@@ -141,37 +137,6 @@ def test_missing_and_unexpected_keys_are_named(vae, tmp_path):
     save_file(state_dict, path)
     with pytest.raises(ValueError, match=r"missing keys \(first: decoder.norm_out.gamma\).*decoder.extra.weight"):
         load_wan_vae(path)
-
-
-def _wan22_diffusers_file(directory):
-    torch.manual_seed(0)
-    path = os.path.join(directory, "wan2.2_vae_diffusers.safetensors")
-    save_file({k: v.contiguous() for k, v in AutoencoderKLWan(**TINY_WAN22_VAE_CONFIG).state_dict().items()}, path)
-    return path
-
-
-def _wan22_original_file(directory):
-    """Original-layout keys as ComfyUI's comfy/sd.py tells the Wan2.2 VAE by them."""
-    path = os.path.join(directory, "wan2.2_vae.safetensors")
-    save_file({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1),
-               "decoder.upsamples.0.upsamples.0.residual.2.weight": torch.zeros(4, 4, 3, 3, 3),
-               "conv2.weight": torch.zeros(48, 48, 1, 1, 1)}, path)
-    return path
-
-
-def _wan22_folder(directory):
-    folder = os.path.join(directory, "wan2.2-vae")
-    os.makedirs(folder)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"_class_name": "AutoencoderKLWan", **TINY_WAN22_VAE_CONFIG}, f)
-    return folder
-
-
-@pytest.mark.parametrize("make", [_wan22_diffusers_file, _wan22_original_file, _wan22_folder])
-def test_wan22_vae_is_refused(tmp_path, make):
-    with pytest.raises(ValueError, match=r"is the Wan2.2 VAE \(48 latent channels\); Wan2.1 models need the Wan2.1 "
-                                         r"VAE \(wan_2.1_vae.safetensors\)"):
-        load_wan_vae(make(str(tmp_path)))
 
 
 def test_sana_dcae_file_is_refused(tmp_path):
@@ -197,19 +162,21 @@ def test_folder_without_config_is_refused(tmp_path):
 
 
 def test_latent_statistics_are_diffusers_wan21_defaults():
-    config = _meta_vae().config
+    config = meta_vae().config
     assert (tuple(config.latents_mean), tuple(config.latents_std)) == (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD)
     mean, std = wan_latent_mean_std()
     assert mean.shape == std.shape == (1, 16, 1, 1, 1)
 
 
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH (a ComfyUI checkout) is not set")
-def test_latent_statistics_equal_comfyuis_wan21_latent_format():
+@pytest.mark.parametrize("latent_format, statistics", [("Wan21", (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD)),
+                                                        ("Wan22", (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD))])
+def test_latent_statistics_equal_comfyuis_latent_formats(latent_format, statistics):
     with open(os.path.join(os.environ["COMFYUI_PATH"], "comfy", "latent_formats.py")) as f:
-        wan21 = f.read().split("class Wan21(")[1].split("\nclass ")[0]
-    values = {name: tuple(float(v) for v in re.search(rf"{name} = torch.tensor\(\[(.*?)\]", wan21, re.S)[1].split(","))
-              for name in ("latents_mean", "latents_std")}
-    assert values == {"latents_mean": WAN21_LATENTS_MEAN, "latents_std": WAN21_LATENTS_STD}
+        source = f.read().split(f"class {latent_format}(")[1].split("\nclass ")[0]
+    lists = (re.search(rf"{name} = torch.tensor\(\[(.*?)\]", source, re.S)[1] for name in ("latents_mean", "latents_std"))
+    values = tuple(tuple(float(v) for v in numbers.split(",") if v.strip()) for numbers in lists)
+    assert values == statistics
 
 
 def _pipeline_statistics(vae, like):
@@ -358,7 +325,8 @@ def test_tiled_encode_keeps_the_shape(vae):
 
 
 def test_wrong_channel_count_is_refused(vae):
-    with pytest.raises(ValueError, match=r"latent has 48 channels, this Wan VAE expects 16.*Wan2.2"):
+    with pytest.raises(ValueError, match=r"latent has 48 channels, this Wan VAE expects 16.*Wan2.2 VAE.*decode it "
+                                         r"with that VAE"):
         decode_wan(vae, torch.zeros(1, 48, 2, 2, 2))
     with pytest.raises(ValueError, match="image latent"):
         decode_wan(vae, torch.zeros(1, 16, 2, 2))

@@ -1,7 +1,9 @@
-"""A tiny random Wan2.1 VAE (the real architecture at 1/12 of its widths) and writers for each layout it ships in."""
+"""Tiny random Wan2.1 and Wan2.2 VAEs (the real architectures at toy widths) and writers for each layout they ship
+in."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -22,7 +24,8 @@ TINY_WAN_VAE_CONFIG = {
     "temperal_downsample": [False, True, True],
 }
 
-# The 48-channel Wan2.2 VAE (Wan2.2-TI2V-5B) at toy widths, to check that it is refused.
+# The 48-channel Wan2.2 VAE (Wan2.2-TI2V-5B: base_dim 160, decoder_base_dim 256) at toy widths; the rest is the real
+# structure (residual blocks, 2x2 pixel patches, 16x spatial compression).
 TINY_WAN22_VAE_CONFIG = {
     "base_dim": 8,
     "decoder_base_dim": 16,
@@ -35,11 +38,12 @@ TINY_WAN22_VAE_CONFIG = {
 }
 
 
-def tiny_wan_vae(seed: int = 0) -> AutoencoderKLWan:
+def tiny_wan_vae(seed: int = 0, config: dict | None = None) -> AutoencoderKLWan:
     """Seeded random weights; the RMS-norm gains (all ones at init) are perturbed too, so no two same-shaped
-    tensors are equal and a key mapped onto the wrong tensor changes the output."""
+    tensors are equal and a key mapped onto the wrong tensor changes the output. `config`: TINY_WAN22_VAE_CONFIG
+    for the Wan2.2 VAE."""
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+    vae = AutoencoderKLWan(**(config or TINY_WAN_VAE_CONFIG))
     with torch.no_grad():
         for name, tensor in vae.state_dict().items():
             if name.endswith("gamma"):
@@ -70,6 +74,34 @@ _RESIDUAL = {"norm1.": "residual.0.", "conv1.": "residual.2.", "norm2.": "residu
 _MID = re.compile(r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$")
 _DOWN = re.compile(r"^encoder\.down_blocks\.(\d+)\.(.+)$")
 _UP = re.compile(r"^decoder\.up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.+)$")
+
+
+_NESTED_DOWN = re.compile(r"^encoder\.down_blocks\.(\d+)\.(resnets\.(\d+)|downsampler)\.(.+)$")
+_NESTED_UP = re.compile(r"^decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsampler)\.(.+)$")
+
+
+def to_wan22_original_layout(state_dict: dict, num_res_blocks: int = 2) -> dict:
+    """diffusers -> the original Wan2.2 VAE names (test-only, written from ComfyUI's comfy/ldm/wan/vae2_2.py module
+    tree, which Comfy-Org's `wan2.2_vae.safetensors` fills): each level is `downsamples.N.downsamples.M` /
+    `upsamples.N.upsamples.M`, its residual blocks first, its resampler after them (encoder: index num_res_blocks,
+    decoder: num_res_blocks + 1)."""
+    result = {}
+    for key, value in state_dict.items():
+        for pattern, side, inner, resampler_index in ((_NESTED_DOWN, "encoder.downsamples", "downsamples",
+                                                       num_res_blocks),
+                                                      (_NESTED_UP, "decoder.upsamples", "upsamples",
+                                                       num_res_blocks + 1)):
+            if m := pattern.match(key):
+                level, _, index, rest = m.groups()
+                if index is None:
+                    key = f"{side}.{level}.{inner}.{resampler_index}.{rest}"
+                else:
+                    key = f"{side}.{level}.{inner}.{index}.{_residual(rest)}"
+                break
+        else:
+            key = _original_key(key, num_res_blocks)
+        result[key] = value
+    return result
 
 
 def to_original_layout(state_dict: dict, num_res_blocks: int = 2) -> dict:
@@ -105,18 +137,19 @@ def _residual(rest: str) -> str:
 def write_wan_vae_layouts(vae: AutoencoderKLWan, directory: str) -> dict[str, str]:
     """Save `vae` in every layout `load_wan_vae` reads; layout name -> the path to hand to the loader.
 
-    The original layout is written as a pickled `.pth` (as Wan-AI ships `Wan2.1_VAE.pth`) and as a safetensors
-    file (as Comfy-Org ships `wan_2.1_vae.safetensors`, there in fp16; here in the model's dtype, so loading it
-    back is exact).
+    The original layout is written as a pickled `.pth` (as Wan-AI ships `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth`) and as
+    a safetensors file (as Comfy-Org ships `wan_2.1_vae.safetensors` / `wan2.2_vae.safetensors`, there in fp16 /
+    fp32; here in the model's dtype, so loading it back is exact).
     """
     state_dict = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    original = to_original_layout(state_dict)
+    wan22 = vae.config.is_residual
+    original = (to_wan22_original_layout if wan22 else to_original_layout)(state_dict)
     paths = {
         "diffusers_folder": os.path.join(directory, "wan-vae-diffusers"),
         "pipeline_folder": os.path.join(directory, "wan-pipeline"),
         "diffusers_single": os.path.join(directory, "wan_vae_diffusers.safetensors"),
-        "original_pth": os.path.join(directory, "Wan2.1_VAE.pth"),
-        "comfy_safetensors": os.path.join(directory, "wan_2.1_vae.safetensors"),
+        "original_pth": os.path.join(directory, "Wan2.2_VAE.pth" if wan22 else "Wan2.1_VAE.pth"),
+        "comfy_safetensors": os.path.join(directory, "wan2.2_vae.safetensors" if wan22 else "wan_2.1_vae.safetensors"),
     }
     vae.save_pretrained(paths["diffusers_folder"])
     vae.save_pretrained(os.path.join(paths["pipeline_folder"], "vae"))
@@ -126,3 +159,17 @@ def write_wan_vae_layouts(vae: AutoencoderKLWan, directory: str) -> dict[str, st
     torch.save(original, paths["original_pth"])
     save_file(original, paths["comfy_safetensors"])
     return paths
+
+
+def meta_vae(**config) -> AutoencoderKLWan:
+    with torch.device("meta"):
+        return AutoencoderKLWan(**config)
+
+
+def public_config(config) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def manifest_shapes(manifests_dir: str, name: str) -> dict[str, tuple[int, ...]]:
+    with open(os.path.join(manifests_dir, name)) as f:
+        return {k: tuple(v[0]) for k, v in json.load(f)["tensors"].items()}

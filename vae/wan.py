@@ -1,6 +1,7 @@
-"""Wan2.1 VAE latents <-> video frames, and the latent normalisation the Wan transformer works in.
+"""Wan VAE latents <-> video frames, and the latent normalisation the Wan transformer works in.
 
-Two latent spaces, both [B, 16, T, H/8, W/8] with T = (frames - 1) / 4 + 1:
+The Wan2.1 VAE's latents are [B, 16, T, H/8, W/8], the Wan2.2 VAE's (Wan2.2-TI2V-5B) [B, 48, T, H/16, W/16], with
+T = (frames - 1) / 4 + 1; the channel count tells the two apart. Two latent spaces:
 - raw: what `AutoencoderKLWan.encode` gives (the posterior mean) and `decode` takes. LATENT holds raw latents, as
   ComfyUI's does (its `latent_formats.Wan21` normalises inside the model), so a latent made here decodes with
   ComfyUI's native VAE Decode and the reverse.
@@ -34,15 +35,41 @@ WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.151
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+# The Wan2.2 VAE's, from Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json; equal to ComfyUI's latent_formats.Wan22.
+WAN22_LATENTS_MEAN = (-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+                      -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+                      -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+                      -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+                      -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+                      0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)
+WAN22_LATENTS_STD = (0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+                     0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+                     0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+                     0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+                     0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+                     0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
+WAN22_LATENT_CHANNELS = 48
+_STATISTICS = {16: (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD),
+               WAN22_LATENT_CHANNELS: (WAN22_LATENTS_MEAN, WAN22_LATENTS_STD)}
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
 
-def wan_latent_mean_std(vae_config: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as float32 [1, C, 1, 1, 1]: the VAE config's `latents_mean` / `latents_std`, else Wan2.1's."""
-    mean = vae_config["latents_mean"] if vae_config else WAN21_LATENTS_MEAN
-    std = vae_config["latents_std"] if vae_config else WAN21_LATENTS_STD
+def wan_latent_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(latents_mean, latents_std) of the Wan VAE whose latents have `channels` channels (16: Wan2.1, 48: Wan2.2)."""
+    if channels not in _STATISTICS:
+        raise ValueError(f"A Wan latent has 16 (Wan2.1 VAE) or 48 (Wan2.2 VAE) channels, not {channels}.")
+    return _STATISTICS[channels]
+
+
+def wan_latent_mean_std(vae_config: Mapping | None = None, channels: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as float32 [1, C, 1, 1, 1]: the VAE config's `latents_mean` / `latents_std`, else those of the
+    Wan VAE whose latents have `channels` channels."""
+    if vae_config:
+        mean, std = vae_config["latents_mean"], vae_config["latents_std"]
+    else:
+        mean, std = wan_latent_statistics(channels)
     return torch.tensor(mean).view(1, -1, 1, 1, 1), torch.tensor(std).view(1, -1, 1, 1, 1)
 
 
@@ -59,7 +86,7 @@ def to_raw(model_latents: torch.Tensor, vae_config: Mapping | None = None) -> to
 
 
 def _mean_and_std_inv(like: torch.Tensor, vae_config: Mapping | None) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = wan_latent_mean_std(vae_config)
+    mean, std = wan_latent_mean_std(vae_config, like.shape[1])
     # The pipelines cast the statistics to the latents' dtype first, then take the reciprocal.
     return mean.to(like.device, like.dtype), 1.0 / std.to(like.device, like.dtype)
 
@@ -70,16 +97,20 @@ def _mean_and_std_inv(like: torch.Tensor, vae_config: Mapping | None) -> tuple[t
 # ComfyUI's figure for the Wan2.1 VAE (comfy/sd.py: 7000 x 8 x 8 per latent cell per byte of dtype); it bounds the
 # peak measured by bench/wan_vae_decode_memory.py on CPU (~330k at 480x832, fp32).
 DECODE_BYTES_PER_CELL = 7000 * 8 * 8
+# ComfyUI's figure for the Wan2.2 VAE (comfy/sd.py: 8000 x 16 x 16; a latent cell is 16x16 pixels there).
+WAN22_DECODE_BYTES_PER_CELL = 8000 * 16 * 16
 
 
 def wan_decode_memory(vae: AutoencoderKLWan, latent_shape, tiled: bool, tile_size: int) -> int:
     """Bytes of activations decoding one frame needs beyond the weights (frames are decoded one at a time)."""
-    return decode_memory(DECODE_BYTES_PER_CELL, vae, latent_shape, tiled, tile_size)
+    per_cell = WAN22_DECODE_BYTES_PER_CELL if vae.config.z_dim == WAN22_LATENT_CHANNELS else DECODE_BYTES_PER_CELL
+    return decode_memory(per_cell, vae, latent_shape, tiled, tile_size)
 
 
 def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto", tile_size: int = 256,
                tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
-    """Raw latents [B, 16, T, h, w] -> IMAGE frames [B*F, 8h, 8w, 3] with F = 4(T-1)+1, the videos one after another.
+    """Raw latents [B, C, T, h, w] -> IMAGE frames [B*F, rh, rw, 3] with F = 4(T-1)+1 (r: 8 for the Wan2.1 VAE,
+    16 for Wan2.2's), the videos one after another.
 
     `tile`: "off" decodes each frame whole (exact: equals WanPipeline's output); "on" decodes in `tile_size` pixel
     tiles overlapping by `tile_overlap` pixels, blended linearly; "auto" tiles only frames larger than `tile_size`
@@ -107,7 +138,7 @@ def decode_wan(vae: AutoencoderKLWan, latents: torch.Tensor, tile: str = "auto",
 
 def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", tile_size: int = 256,
                tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
-    """IMAGE frames [F, H, W, 3] in 0..1 (F = 4n+1) -> raw latents [1, 16, n+1, H/8, W/8] float32 on the CPU.
+    """IMAGE frames [F, H, W, 3] in 0..1 (F = 4n+1) -> raw latents [1, C, n+1, H/r, W/r] float32 on the CPU.
 
     The posterior mean, as WanVideoToVideoPipeline (`sample_mode="argmax"`) and ComfyUI's VAE Encode take it.
     Tiling as in `decode_wan`, blended in latent space by diffusers' `tiled_encode`. `progress(done, total)` runs
@@ -122,7 +153,7 @@ def encode_wan(vae: AutoencoderKLWan, frames: torch.Tensor, tile: str = "auto", 
 def encode_wan_pixels(vae: AutoencoderKLWan, pixels: torch.Tensor, tile: str = "auto", tile_size: int = 256,
                       tile_overlap: int = 64, progress: Progress | None = None) -> torch.Tensor:
     """One video as the pipelines hand it to the VAE, [1, 3, F, H, W] in -1..1 (checked by the caller) -> raw
-    latents [1, 16, (F-1)/4+1, H/8, W/8] float32 on the CPU; tiling and progress as in `encode_wan`."""
+    latents [1, C, (F-1)/4+1, H/r, W/r] float32 on the CPU; tiling and progress as in `encode_wan`."""
     ratio = vae.spatial_compression_ratio
     tiled = wants_tiling(tile, max(pixels.shape[-2:]), tile_size, tile_overlap, ratio)
     param, device = next(vae.parameters()), execution_device(vae)
@@ -164,10 +195,11 @@ def _check_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> None:
         raise ValueError(f"expected a video latent [B, C, T, H, W], got shape {tuple(latents.shape)}{image}.")
     channels, expected = latents.shape[1], vae.config.z_dim
     if channels != expected:
-        origin = "the Wan2.2 VAE (Wan2.2-TI2V-5B)" if channels == 48 else "another model"
+        origins = {WAN22_LATENT_CHANNELS: "the Wan2.2 VAE (Wan2.2-TI2V-5B)",
+                   16: "the Wan2.1 VAE (Wan2.1 models and Wan2.2 A14B)"}
         raise ValueError(
-            f"latent has {channels} channels, this Wan VAE expects {expected}: the latent comes from {origin}; "
-            f"decode it with that model's VAE, or sample it with a Wan2.1 model."
+            f"latent has {channels} channels, this Wan VAE expects {expected}: the latent comes from "
+            f"{origins.get(channels, 'another model')}; decode it with that VAE."
         )
     if not torch.isfinite(latents).all():
         raise ValueError("The latent contains NaN or infinite values: sampling diverged (e.g. fp16 overflow or a "
