@@ -547,8 +547,12 @@ def model_files(folder: str) -> list[str]:
     return sorted(set(names))
 
 
+# What marks a model folder: a diffusers / HF model or pipeline, or a Wan-AI Wan2.2 A14B release (two expert folders).
+_MODEL_DIR_MARKERS = ("config.json", "model_index.json", os.path.join("high_noise_model", "config.json"))
+
+
 def _is_model_dir(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, marker)) for marker in ("config.json", "model_index.json"))
+    return any(os.path.isfile(os.path.join(path, marker)) for marker in _MODEL_DIR_MARKERS)
 
 
 def model_dirs(folder: str) -> list[str]:

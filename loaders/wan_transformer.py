@@ -1,16 +1,20 @@
-"""Wan2.1 transformer files (Wan-AI / Comfy-Org originals, plain and ComfyUI scaled fp8, diffusers) ->
+"""Wan2.1 and Wan2.2 transformer files (Wan-AI / Comfy-Org originals, plain and ComfyUI scaled fp8, diffusers) ->
 `WanTransformer3DModel`.
 
 The architecture is read from the tensors themselves, never from the file name: users rename files, and one loader
-node must take the 1.3B and 14B text-to-video and the 14B image-to-video models in every layout (and the VACE and
-Fun-Camera add-ons: a Fun-Camera file gets the camera adapter of controlnet/wan_camera.py).
+node must take the 1.3B and 14B text-to-video and the 14B image-to-video models, Wan2.2's A14B experts and TI2V-5B
+in every layout (and the VACE and Fun-Camera add-ons: a Fun-Camera file gets the camera adapter of
+controlnet/wan_camera.py). A Wan2.2 A14B text-to-video expert has the Wan2.1 14B T2V shape (the two are told apart
+only where a folder says so); its image-to-video experts take 36 input channels without a CLIP image embedder;
+TI2V-5B works on the Wan2.2 VAE's 48-channel latents. Folders holding both A14B experts (a diffusers pipeline's
+`transformer/` and `transformer_2/`, Wan-AI's `high_noise_model/` and `low_noise_model/`) give the one `expert` names.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from math import prod
 
@@ -80,8 +84,27 @@ _ROLES = {
     "camera": r"control_adapter\.conv\.weight",
 }
 
-_SIZES = {(1536, 30): "1.3B", (5120, 40): "14B"}
+_SIZES = {(1536, 30): "1.3B", (5120, 40): "14B", (3072, 30): "5B"}
 _LOW_RES_AREA = 832 * 480
+
+# The folders of the two Wan2.2 A14B experts: expert -> (diffusers pipeline, Wan-AI release).
+EXPERTS = {"high_noise": ("transformer", "high_noise_model"), "low_noise": ("transformer_2", "low_noise_model")}
+
+
+@dataclass(frozen=True)
+class ExpertDefaults:
+    """How Wan-AI runs a Wan2.2 A14B pair (wan/configs/wan_t2v_A14B.py, wan_i2v_A14B.py): the high-noise expert
+    denoises while the timestep is at least `boundary_ratio` x 1000, the low-noise one after, each with its CFG."""
+
+    boundary_ratio: float
+    shift: float
+    cfg: float  # high-noise expert
+    cfg_2: float  # low-noise expert
+    steps: int
+
+
+T2V_A14B = ExpertDefaults(boundary_ratio=0.875, shift=12.0, cfg=4.0, cfg_2=3.0, steps=40)
+I2V_A14B = ExpertDefaults(boundary_ratio=0.9, shift=5.0, cfg=3.5, cfg_2=3.5, steps=40)
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,8 @@ class WanVariant:
     latent_channels: int
     is_vace: bool = False  # a VACE model: it samples with a Wan VACE Conditioning (controlnet/wan_vace.py)
     is_camera: bool = False  # a Fun-Camera model: it reads camera conditions (controlnet/wan_camera.py)
+    experts: ExpertDefaults | None = None  # a shape Wan2.2 A14B experts have: the defaults of a two-expert run
+    expand_timesteps: bool = False  # Wan2.2 TI2V-5B: a timestep per latent token (diffusers' expand_timesteps)
     # The shift at 832x480 and below, where the model's own default differs there (Wan's generate.py: I2V 3.0).
     low_res_shift: float | None = None
 
@@ -105,19 +130,24 @@ class WanVariant:
         return self.low_res_shift if small else self.default_shift
 
 
-def load_wan_transformer(path: str, dtype: torch.dtype | None = None,
-                         storage: torch.dtype | None = None) -> tuple[WanTransformer3DModel, WanVariant]:
-    """A Wan2.1 transformer from a checkpoint file or a diffusers (model or pipeline) folder.
+def load_wan_transformer(path: str, dtype: torch.dtype | None = None, storage: torch.dtype | None = None,
+                         expert: str = "high_noise") -> tuple[WanTransformer3DModel, WanVariant]:
+    """A Wan transformer from a checkpoint file or a diffusers (model or pipeline) folder.
 
     `dtype` None keeps the dtype that most of the file's weights have (bf16 for fp8 files); otherwise every floating
     tensor is cast. Either way the modules diffusers keeps in float32 (time embedder, modulation tables, affine
     norms) stay float32 when the dtype is a half type, as `WanTransformer3DModel.from_pretrained` does.
     `storage` (fp8 / bf16) holds the Linear weights in that dtype, computed in `dtype` (loaders/storage.py); fp8
     files then keep their fp8 weights (and scales) instead of being dequantised.
+    `expert` ("high_noise" / "low_noise") picks one of the two Wan2.2 A14B experts of a folder that holds both.
     """
     if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ValueError(f"A Wan transformer is computed in float32, float16 or bfloat16, not {dtype}.")
+    if expert not in EXPERTS:
+        raise ValueError(f"expert must be one of {list(EXPERTS)}, not {expert!r}.")
+    pipeline = {}
     if os.path.isdir(path):
+        path, pipeline = _expert_folder(path, expert)
         config, state_dict, original = _read_folder(path)
     else:
         config, state_dict, original = _read_file(path)
@@ -126,7 +156,7 @@ def load_wan_transformer(path: str, dtype: torch.dtype | None = None,
         state_dict = convert_original_to_diffusers(state_dict)
     prepare = storage_preparer(dtype, storage, partial(_to_model_tensors, dtype=dtype))
     model = _build_model(config, state_dict, os.path.basename(os.path.normpath(path)), prepare)
-    return model, wan_variant({**dict(model.config), CAMERA_CONFIG: config.get(CAMERA_CONFIG)})
+    return model, wan_variant({**dict(model.config), CAMERA_CONFIG: config.get(CAMERA_CONFIG)}, pipeline)
 
 
 def wan_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -187,24 +217,60 @@ def dequantise_fp8(state_dict: dict, dtype: torch.dtype) -> dict:
     return result
 
 
-def wan_variant(config: dict) -> WanVariant:
+def wan_variant(config: dict, pipeline: dict | None = None) -> WanVariant:
     """Name and sampling defaults: the Wan README runs the 1.3B at shift 8 and cfg 6 (480p), the rest at 5 and 5;
-    Wan's generate.py gives image-to-video 40 steps and shift 3 at 832x480, first-last-frame (and VACE 14B) shift 16."""
+    Wan's generate.py gives image-to-video 40 steps and shift 3 at 832x480, first-last-frame (and VACE 14B) shift 16;
+    Wan2.2 TI2V-5B runs at shift 5, cfg 5, 50 steps (wan/configs/wan_ti2v_5B.py). `pipeline`: the model_index.json of
+    the diffusers pipeline the model came from, whose `boundary_ratio` replaces the default switch point."""
     width = config["num_attention_heads"] * config["attention_head_dim"]
     size = _SIZES.get((width, config["num_layers"]))
-    is_i2v, is_vace = config.get("image_dim") is not None, bool(config.get("vace_layers"))
-    is_camera = bool(config.get(CAMERA_CONFIG))
+    is_vace, is_camera = bool(config.get("vace_layers")), bool(config.get(CAMERA_CONFIG))
+    is_i2v = config.get("image_dim") is not None or config["in_channels"] == _I2V_IN_CHANNELS
+    wan22_i2v = config["in_channels"] == _I2V_IN_CHANNELS and config.get("image_dim") is None
+    ti2v = config["out_channels"] == _WAN22_LATENT_CHANNELS
     task = ("VACE" if is_vace else "Fun-Camera" if is_camera else "FLF2V" if config.get("pos_embed_seq_len")
+            else "TI2V" if ti2v
             else "I2V" if is_i2v else "T2V")
     layers = config["num_layers"]
-    name = f"Wan2.1 {task} {size}" if size else f"Wan2.1-like {task} transformer ({width} wide, {layers} layers)"
+    version = "Wan2.2" if ti2v or wan22_i2v else "Wan2.1"
+    name = f"{version} {task} {size}" if size else f"{version}-like {task} transformer ({width} wide, {layers} layers)"
+    origin = pipeline or {}
+    experts = _expert_defaults(config, wan22_i2v, size, origin)
+    if experts and size == "14B" and (wan22_i2v or "expert" in origin):
+        which = origin["expert"].replace("_", "-") + " " if "expert" in origin else ""
+        name = f"Wan2.2 {task} A14B {which}expert"
+    elif experts and size == "14B":
+        name += " (or a Wan2.2 A14B expert)"
     small = size == "1.3B"
     shift = 16.0 if task == "FLF2V" else 8.0 if small else 5.0
     return WanVariant(
         name=name, default_shift=shift, default_cfg=6.0 if small else 5.0, default_steps=40 if task == "I2V" else 50,
-        is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace, is_camera=is_camera,
+        is_i2v=is_i2v, latent_channels=config["out_channels"], is_vace=is_vace, is_camera=is_camera, experts=experts,
+        expand_timesteps=ti2v or bool((pipeline or {}).get("expand_timesteps")),
         low_res_shift=3.0 if task == "I2V" else None,
     )
+
+
+def _expert_defaults(config: dict, wan22_i2v: bool, size: str | None, origin: dict) -> ExpertDefaults | None:
+    """The two-expert defaults of a model with the shape of an A14B expert (plain T2V but 1.3B, Wan2.2 I2V)."""
+    plain_t2v = config["in_channels"] == _LATENT_CHANNELS and config.get("image_dim") is None
+    if config.get("vace_layers") or not (wan22_i2v or (plain_t2v and size != "1.3B")):
+        return None
+    defaults = I2V_A14B if wan22_i2v else T2V_A14B
+    ratio = origin.get("boundary_ratio")
+    return defaults if ratio is None else replace(defaults, boundary_ratio=float(ratio))
+
+
+def _expert_folder(path: str, expert: str) -> tuple[str, dict]:
+    """(the folder to read, what the release says about the model: its model_index.json, plus `expert` where the
+    folder holds both A14B experts). Other folders are returned as they are."""
+    index_path = os.path.join(path, "model_index.json")
+    origin = read_json(index_path) if os.path.isfile(index_path) else {}
+    for layout in (0, 1):  # a diffusers pipeline, a Wan-AI release
+        folders = {name: os.path.join(path, pair[layout]) for name, pair in EXPERTS.items()}
+        if all(os.path.isdir(folder) for folder in folders.values()):
+            return folders[expert], {**origin, "expert": expert}
+    return path, origin
 
 
 def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
@@ -213,7 +279,7 @@ def _read_file(path: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
     shapes = {k: shape for k, (shape, _) in strip_prefix(checkpoint_keys(path), _FILE_PREFIXES).items()}
     original = _require_wan(shapes, name)
     config = wan_config_from_shapes(shapes)
-    _require_wan21(config, name)
+    _require_known_channels(config, name)
     return config, strip_prefix(load_state_dict(path), _FILE_PREFIXES), original
 
 
@@ -224,11 +290,6 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
     (and for folders without config.json) the config comes from the shapes.
     """
     if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isdir(os.path.join(folder, "transformer")):
-        if os.path.isdir(os.path.join(folder, "transformer_2")):
-            raise ValueError(
-                f"'{os.path.basename(os.path.normpath(folder))}' is a Wan2.2 A14B pipeline (two expert transformers); "
-                f"this loader takes Wan2.1 models."
-            )
         folder = os.path.join(folder, "transformer")
     name = os.path.basename(os.path.normpath(folder))
     files = weight_files_in_folder(folder, DIFFUSERS_STEM)
@@ -242,7 +303,7 @@ def _read_folder(folder: str) -> tuple[dict, dict[str, torch.Tensor], bool]:
         class_name = config.get("_class_name", WanTransformer3DModel.__name__)
         if class_name not in (WanTransformer3DModel.__name__, WanVACETransformer3DModel.__name__):
             raise ValueError(f"'{name}' holds a {class_name}, not a WanTransformer3DModel.")
-    _require_wan21(config, name)
+    _require_known_channels(config, name)
     return config, load_folder_state_dict(folder, DIFFUSERS_STEM), original
 
 
@@ -252,31 +313,30 @@ def _require_wan(shapes: dict, name: str) -> bool:
     for prefix, what in _EXTENSIONS.items():
         if any(key.startswith(prefix) for key in shapes):
             raise ValueError(
-                f"'{name}' is a {what} transformer; this loader takes plain Wan2.1 text- and image-to-video models."
+                f"'{name}' is a {what} transformer; this loader takes plain Wan2.1 / Wan2.2 text- and image-to-video "
+                f"models."
             )
     return original
 
 
-def _require_wan21(config: dict, name: str) -> None:
+def _require_known_channels(config: dict, name: str) -> None:
     """Wan2.1 reads 16-channel latents (T2V) or those plus 4 mask and 16 image channels with CLIP features (I2V);
-    Wan2.1 Fun-Camera those plus 16 image channels (no mask) with CLIP features."""
+    Wan2.1 Fun-Camera those plus 16 image channels (no mask) with CLIP features; Wan2.2's I2V experts take 36
+    channels without CLIP, TI2V-5B the Wan2.2 VAE's 48 channels."""
     in_channels, out_channels, image = config["in_channels"], config["out_channels"], config.get("image_dim")
-    camera = bool(config.get(CAMERA_CONFIG))
-    if camera and image is None:
-        what = ("a Wan2.2 Fun A14B Camera transformer (a camera adapter without a CLIP image embedder, one of two "
-                "Wan2.2 experts)")
-    elif camera and (in_channels, out_channels) == (_CAMERA_IN_CHANNELS, _LATENT_CHANNELS):
+    if config.get(CAMERA_CONFIG):
+        if image is None:
+            raise ValueError(f"'{name}' is a Wan2.2 Fun A14B Camera transformer (a camera adapter without a CLIP image "
+                             "embedder, one of two Wan2.2 experts); this loader takes the Wan2.1 Fun-Camera models.")
+        if (in_channels, out_channels) == (_CAMERA_IN_CHANNELS, _LATENT_CHANNELS):
+            return
+    known = {(_LATENT_CHANNELS, _LATENT_CHANNELS), (_I2V_IN_CHANNELS, _LATENT_CHANNELS),
+             (_WAN22_LATENT_CHANNELS, _WAN22_LATENT_CHANNELS)}
+    if (in_channels, out_channels) in known and (image is None or in_channels == _I2V_IN_CHANNELS):
         return
-    elif out_channels == _WAN22_LATENT_CHANNELS:
-        what = "a Wan2.2 TI2V 5B transformer (48-channel latents of the Wan2.2 VAE)"
-    elif in_channels == _I2V_IN_CHANNELS and image is None:
-        what = "a Wan2.2 image-to-video transformer (36 input channels but no CLIP image embedder)"
-    elif (in_channels, out_channels) != (_I2V_IN_CHANNELS if image else _LATENT_CHANNELS, _LATENT_CHANNELS):
-        extra = " and a CLIP image embedder" if image else ""
-        what = f"a Wan-like transformer with {in_channels} input and {out_channels} output channels{extra}"
-    else:
-        return
-    raise ValueError(f"'{name}' is {what}, not a Wan2.1 text- or image-to-video model; this loader takes Wan2.1 only.")
+    extra = " and a CLIP image embedder" if image else ""
+    raise ValueError(f"'{name}' is a Wan-like transformer with {in_channels} input and {out_channels} output "
+                     f"channels{extra}, not a Wan2.1 or Wan2.2 text-, image- or text-image-to-video model.")
 
 
 def _to_model_tensors(state_dict: dict, dtype: torch.dtype) -> dict:

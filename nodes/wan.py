@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import comfy_bridge as bridge
-from ..loaders.wan_transformer import load_wan_transformer
+from ..loaders.wan_transformer import EXPERTS, load_wan_transformer
 from ..samplers.loop import validate_sampling
 from ..samplers.preview import principal_components_image
 from ..samplers.schedulers import SCHEDULES, SOLVERS
@@ -17,22 +17,30 @@ from .options import (
 FOLDERS = ("diffusion_models",)
 
 
+EXPERT_INPUT = (list(EXPERTS), {"default": "high_noise", "tooltip": (
+    "For a folder holding both Wan2.2 A14B experts (a -Diffusers pipeline's transformer / transformer_2, Wan-AI's "
+    "high_noise_model / low_noise_model): which one to load. Files hold one model and ignore it.")})
+
+
 class WanTransformerLoader:
-    DESCRIPTION = ("Loads a Wan2.1 transformer: Comfy-Org repackaged files (fp16/bf16/fp8 scaled), the original "
-                   "Wan-AI release, a diffusers folder or a GGUF quantisation (city96's Q8_0 ... Q4_K, kept quantized "
-                   "in memory). 1.3B and 14B are recognised from the weights, as are VACE and Fun-Camera models.")
+    DESCRIPTION = ("Loads a Wan2.1 or Wan2.2 transformer: Comfy-Org repackaged files (fp16/bf16/fp8 scaled), the "
+                   "original Wan-AI release, a diffusers folder or a GGUF quantisation (city96's Q8_0 ... Q4_K, kept "
+                   "quantized in memory). 1.3B, 14B, VACE, Fun-Camera, Wan2.2 A14B experts and TI2V-5B are recognised "
+                   "from the weights; load the two A14B experts with two loaders.")
     CATEGORY = "Wan"
     FUNCTION = "load"
     RETURN_TYPES = ("WAN_MODEL",)
 
     @classmethod
     def INPUT_TYPES(cls):
-        return loader_inputs(FOLDERS, "models/diffusion_models (or models/unet)")
+        inputs = loader_inputs(FOLDERS, "models/diffusion_models (or models/unet)")
+        inputs["optional"]["expert"] = EXPERT_INPUT
+        return inputs
 
-    def load(self, model_name, dtype, weight_storage="default"):
+    def load(self, model_name, dtype, weight_storage="default", expert="high_noise"):
         path, weight_dtype, storage = resolve_load(FOLDERS, model_name, dtype, weight_storage, "diffusion",
                                                   [torch.bfloat16, torch.float16, torch.float32])
-        transformer, variant = load_wan_transformer(path, weight_dtype, storage)
+        transformer, variant = load_wan_transformer(path, weight_dtype, storage, expert)
         return (bridge.ModelHandle(transformer, "diffusion", family="wan", variant=variant),)
 
 
@@ -84,4 +92,4 @@ class WanSampler:
 
 
 NODE_CLASS_MAPPINGS = {"WanTransformerLoader": WanTransformerLoader, "WanSampler": WanSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanTransformerLoader": "Load Wan2.1 Transformer", "WanSampler": "Wan Sampler"}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanTransformerLoader": "Load Wan Transformer (2.1 / 2.2)", "WanSampler": "Wan Sampler"}

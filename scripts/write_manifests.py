@@ -79,6 +79,11 @@ WAN21_FLF2V_14B = {**WAN21_I2V_14B, "pos_embed_seq_len": 514}
 # image latent) and a 24-channel camera adapter (DiffSynth-Studio's "PAI control-camera v1.1" config; ComfyUI's
 # model_detection: control_adapter.conv.weight with img_emb -> CameraWanModel)
 WAN21_FUN_CAMERA_1_3B = {**WAN21_T2V_1_3B, "in_channels": 32, "image_dim": 1280, "added_kv_proj_dim": 1536}
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (wan/configs/wan_ti2v_5B.py: dim 3072, 24 heads, 30 layers)
+WAN22_TI2V_5B = {**WAN21_T2V_1_3B, "num_attention_heads": 24, "in_channels": 48, "out_channels": 48, "ffn_dim": 14336}
+# Wan-AI/Wan2.2-I2V-A14B-Diffusers transformer/config.json and transformer_2/config.json (each expert; the T2V-A14B
+# experts have the Wan2.1 T2V 14B shape)
+WAN22_I2V_A14B = {**WAN21_T2V_1_3B, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824, "in_channels": 36}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json
 WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True]}
@@ -317,6 +322,23 @@ LAYOUTS = {
         "alibaba-pai/Wan2.1-Fun-V1.1-1.3B-Control-Camera diffusion_pytorch_model.safetensors (VideoX-Fun: original "
         "Wan names); Comfy-Org's repackaged Fun-Camera files: the same keys (some prefixed 'model.diffusion_model.'). "
         "The 14B (Wan2.1-Fun-V1.1-14B-Control-Camera) is the same layout at dim 5120, 40 layers."),
+    "wan22_i2v_a14b_original": Layout(
+        lambda: tiny_wan.diffusers_to_original(_meta(WanTransformer3DModel, **WAN22_I2V_A14B).state_dict()), "F16",
+        "original Wan2.2 WanModel names (ComfyUI's WanModel uses the same): diffusers WanTransformer3DModel, "
+        "Wan-AI/Wan2.2-I2V-A14B-Diffusers transformer/config.json, meta device, through tests/tiny_wan.py "
+        "diffusers_to_original",
+        "Each expert of Wan-AI/Wan2.2-I2V-A14B (high_noise_model/, low_noise_model/ "
+        "diffusion_pytorch_model-0000N-of-00006.safetensors, BF16); Comfy-Org wan2.2_i2v_high_noise_14B_fp16 / "
+        "_low_noise_ (F16) and _fp8_scaled (F8_E4M3 weights with '<layer>.scale_weight' and a 'scaled_fp8' marker)."),
+    "wan22_ti2v_5b_diffusers": Layout(
+        lambda: _meta(WanTransformer3DModel, **WAN22_TI2V_5B).state_dict(), "BF16",
+        "diffusers WanTransformer3DModel, Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json, meta device",
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/diffusion_pytorch_model-0000N-of-00003.safetensors."),
+    "wan22_ti2v_5b_original": Layout(
+        lambda: tiny_wan.diffusers_to_original(_meta(WanTransformer3DModel, **WAN22_TI2V_5B).state_dict()), "F16",
+        "original Wan2.2 WanModel names: wan22_ti2v_5b_diffusers through tests/tiny_wan.py diffusers_to_original",
+        "Wan-AI/Wan2.2-TI2V-5B diffusion_pytorch_model-0000N-of-00003.safetensors (BF16); Comfy-Org "
+        "wan2.2_ti2v_5B_fp16.safetensors (F16)."),
     "wan21_vae_diffusers": Layout(
         _wan_vae, "F32",
         "diffusers AutoencoderKLWan, Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json (= AutoencoderKLWan()), meta "

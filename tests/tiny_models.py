@@ -20,6 +20,7 @@ from tiny_umt5 import train_spm_bytes as train_umt5_spm_bytes
 from tiny_wan import tiny_wan_transformer, write_wan_layouts
 from tiny_wan_vae import tiny_wan_vae, write_wan_vae_layouts
 from tiny_wan_vae import to_original_layout as to_wan_vae_original
+from tiny_wan_vae import to_wan22_original_layout
 
 # File names as they appear in the loader nodes' lists once placed by `place_in_comfy_folders`.
 SANA_FILES = {"transformer": "sana_tiny.pth", "text_encoder": "gemma_2_tiny.safetensors",
@@ -129,10 +130,17 @@ def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
     write_wan_loras(os.path.join(models_dir, "loras"))
 
 
-def real_size_wan_vae_file(path: str) -> str:
-    """A random-weight Wan2.1 VAE at its real size (dim 96), in the Comfy-Org layout and fp16: ComfyUI's native
-    VAELoader only builds that size, so native/ours decode comparisons need it."""
-    vae = AutoencoderKLWan()
-    original = to_wan_vae_original({k: v.contiguous() for k, v in vae.state_dict().items()})
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: the sizes ComfyUI's VAELoader builds for the Wan2.2 VAE.
+WAN22_VAE_REAL_SIZE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True, "in_channels": 12,
+                       "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16}
+
+
+def real_size_wan_vae_file(path: str, wan22: bool = False) -> str:
+    """A random-weight Wan2.1 VAE (dim 96) or Wan2.2 VAE (705 M parameters, 1.4 GB) at its real size, in the
+    Comfy-Org layout and fp16: ComfyUI's native VAELoader only builds those sizes, so native/ours comparisons need
+    them."""
+    vae = AutoencoderKLWan(**(WAN22_VAE_REAL_SIZE if wan22 else {}))
+    to_original = to_wan22_original_layout if wan22 else to_wan_vae_original
+    original = to_original({k: v.contiguous() for k, v in vae.state_dict().items()})
     save_file({k: v.half() for k, v in original.items()}, path)
     return path

@@ -39,6 +39,8 @@ VARIANTS = {
     "i2v": {"in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 128},
     # first-last-frame: the CLIP tokens of two 224-pixel images (2 x 257) get a learned position embedding
     "flf2v": {"in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 128, "pos_embed_seq_len": 514},
+    "i2v_a14b": {"in_channels": 36},  # Wan2.2 I2V-A14B experts: no CLIP image embedder
+    "ti2v": {"in_channels": 48, "out_channels": 48},  # Wan2.2 TI2V-5B: the Wan2.2 VAE's 48 channels
 }
 LAYOUTS = ("diffusers_folder", "pipeline_folder", "diffusers_single", "original_folder", "original_safetensors",
            "original_pth", "comfy_prefixed", "comfy_fp8_scaled", "fp8_plain")
@@ -197,6 +199,25 @@ def quantised_reference(model: WanTransformer3DModel, scaled: bool, fp8: torch.d
             if scaled and module.bias is not None:
                 module.bias.copy_(module.bias.to(fp8).to(module.bias.dtype))
     return reference
+
+
+def write_expert_pair_layouts(high: WanTransformer3DModel, low: WanTransformer3DModel, directory: str,
+                              boundary_ratio: float = 0.875) -> dict[str, str]:
+    """Two Wan2.2 A14B-like experts in the folders that hold both: a diffusers pipeline (`transformer/`,
+    `transformer_2/`, model_index.json with `boundary_ratio`) and a Wan-AI release (`high_noise_model/`,
+    `low_noise_model/`, each an original-layout folder with its WanModel config.json)."""
+    paths = {"pipeline": os.path.join(directory, "Wan2.2-A14B-Diffusers"),
+             "wan_ai": os.path.join(directory, "Wan2.2-A14B")}
+    high.save_pretrained(os.path.join(paths["pipeline"], "transformer"), max_shard_size="1MB")
+    low.save_pretrained(os.path.join(paths["pipeline"], "transformer_2"), max_shard_size="1MB")
+    with open(os.path.join(paths["pipeline"], "model_index.json"), "w") as f:
+        f.write(f'{{"_class_name": "WanPipeline", "boundary_ratio": {boundary_ratio}, "expand_timesteps": false, '
+                f'"transformer": ["diffusers", "WanTransformer3DModel"], '
+                f'"transformer_2": ["diffusers", "WanTransformer3DModel"]}}')
+    for model, name in ((high, "high_noise_model"), (low, "low_noise_model")):
+        original = diffusers_to_original({k: v.contiguous() for k, v in model.state_dict().items()})
+        _write_original_folder(original, model.config, os.path.join(paths["wan_ai"], name))
+    return paths
 
 
 def _write_original_folder(original: dict, config, folder: str) -> None:
