@@ -115,6 +115,9 @@ class StandalonePatcher:
         clone.weight_budget = self.weight_budget
         return clone
 
+    def unload(self) -> None:
+        self.model.to(self.offload_device)
+
     def load(self) -> None:
         """All weights on the load device; with a weight budget the largest layers within it and the others on the
         offload device, copied for each call (ComfyUI's partial loading, standalone)."""
@@ -267,6 +270,21 @@ def load_models(patchers: list, memory_required: int = 0) -> None:
         mm.load_models_gpu(patchers, memory_required=memory_required)
     for patcher in patchers:
         set_execution_device(patcher.model.module, patcher.load_device)
+
+
+def hand_over(old: "ModelHandle", new: "ModelHandle", memory_required: int = 0) -> torch.nn.Module:
+    """`new` on its load device after `old` left it: ComfyUI unloads `old` as it does to make room (LoRA patches
+    restored, weights back on the offload device), then loads `new` through its VRAM manager, so the two never hold
+    the device at once (two Wan2.2 A14B experts). Returns `new`'s model."""
+    mm = _comfy("comfy.model_management")
+    if mm is None:
+        old.patcher.unload()
+    else:
+        loaded = mm.current_loaded_models
+        for i in reversed(range(len(loaded))):
+            if loaded[i].model is old.patcher:
+                loaded.pop(i).model_unload()
+    return new.load(memory_required)
 
 
 def _leave_other_device(patcher) -> None:

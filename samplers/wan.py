@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
 from .perturbed import SkipLayerGuidance, check_family
 from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
+from .wan_experts import LowNoiseExpert, switching_predict
 from .wan_image import ImageInputs, image_inputs
 
 
@@ -132,12 +134,14 @@ def sample_wan(
     sigmas: torch.Tensor | None = None,
     batched: bool = False,
     speed: SpeedOptions | None = None,
+    low_noise: LowNoiseExpert | None = None,
 ) -> torch.Tensor:
     """Sample one LATENT batch of videos; returns raw Wan-VAE latents on the transformer's device (float32).
 
     `guidance` (a method from samplers.guidance) replaces the plain CFG of `cfg`; `sigmas` (as given, ComfyUI's
     SIGMAS) replace steps, shift, schedule and denoise; `batched` runs cond and uncond in one forward; `speed`
-    (samplers.speed) applies for this run only.
+    (samplers.speed) applies for this run only. `low_noise`: Wan2.2 A14B's second expert, which takes over below
+    its boundary (samplers/wan_experts.py); `transformer` is then the high-noise expert.
     """
     samples = expand_latent_to_prompts(latent["samples"], positive)
     check_wan_latent(samples, transformer.config.out_channels)
@@ -145,9 +149,18 @@ def sample_wan(
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)
     x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
-    with speed_run(transformer, speed, "wan", len(plan.timesteps)) as run:
-        predict = wan_velocity(transformer, positive, negative, cfg, samples.shape, guidance, batched, run)
-        return to_raw(sample_flow(run.track(predict, plan), scheduler, plan, x, callback))
+    with contextlib.ExitStack() as stack:
+
+        def velocity(model, scale: float, options: SpeedOptions | None):
+            run = stack.enter_context(speed_run(model, options, "wan", len(plan.timesteps)))
+            return run.track(wan_velocity(model, positive, negative, scale, samples.shape, guidance, batched, run),
+                             plan)
+
+        predict = velocity(transformer, cfg, speed)
+        if low_noise is not None:
+            predict = switching_predict(predict, lambda: velocity(low_noise.load(), low_noise.cfg, low_noise.speed),
+                                        low_noise.boundary_ratio)
+        return to_raw(sample_flow(predict, scheduler, plan, x, callback))
 
 
 def batch_cond_uncond(device: torch.device, model_bytes: int, one_pass: int, device_memory: int) -> bool:

@@ -1,0 +1,93 @@
+"""Wan2.2 A14B's two experts in one Wan Sampler run equal WanPipeline with transformer_2 (tiny random experts, same
+noise); the low-noise expert is loaded once, when the run reaches the boundary, after the high-noise one left."""
+
+import pytest
+import torch
+from diffusers import WanPipeline
+from tiny_wan import tiny_wan_transformer
+
+from sana_wan import comfy_bridge as bridge
+from sana_wan.loaders.wan_transformer import T2V_A14B, wan_variant
+from sana_wan.nodes.wan import WanSampler
+from sana_wan.samplers.conditioning import make_conditioning
+from sana_wan.samplers.noise import comfy_noise
+from sana_wan.samplers.schedulers import make_scheduler
+from sana_wan.vae.wan import to_raw
+
+STEPS, CFG, CFG_2, SEED, SHIFT, BOUNDARY = 6, 4.0, 3.0, 11, 12.0, 0.875
+SHAPE = (1, 16, 2, 4, 4)
+
+
+def _embeds(valid: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(1, 16, dtype=torch.int64)
+    mask[:, :valid] = 1
+    return torch.randn(1, 16, 32, generator=generator) * mask[..., None], mask
+
+
+@pytest.fixture(scope="module")
+def experts():
+    return tiny_wan_transformer(seed=21, text_dim=32), tiny_wan_transformer(seed=22, text_dim=32)
+
+
+def _handle(model):
+    return bridge.ModelHandle(model, "diffusion", family="wan", variant=wan_variant(dict(model.config)))
+
+
+def _ours(experts, solver, **inputs):
+    (pos, pos_mask), (neg, neg_mask) = _embeds(9, 1), _embeds(3, 2)
+    high, low = (_handle(model) for model in experts)
+    with torch.inference_mode():
+        (latent,) = WanSampler().sample(high, make_conditioning(pos, pos_mask), make_conditioning(neg, neg_mask),
+                                        {"samples": torch.zeros(SHAPE)}, SEED, STEPS, CFG, SHIFT, solver, "default",
+                                        1.0, model_2=low, **inputs)
+    return latent["samples"]
+
+
+@pytest.mark.parametrize("solver", ["flow_unipc", "flow_euler"])
+def test_two_experts_equal_wan_pipeline_with_transformer_2(experts, solver):
+    (pos, _), (neg, _) = _embeds(9, 1), _embeds(3, 2)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=experts[0], transformer_2=experts[1], vae=None,
+                       scheduler=make_scheduler(solver, SHIFT), boundary_ratio=BOUNDARY)
+    pipe.set_progress_bar_config(disable=True)
+    timesteps = []
+    expected = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=comfy_noise(SHAPE, SEED), height=32,
+                    width=32, num_frames=5, num_inference_steps=STEPS, guidance_scale=CFG, guidance_scale_2=CFG_2,
+                    output_type="latent", callback_on_step_end=lambda p, i, t, kw: timesteps.append(t) or {}).frames
+    assert any(t >= BOUNDARY * 1000 for t in timesteps) and any(t < BOUNDARY * 1000 for t in timesteps)
+    ours = _ours(experts, solver, boundary=BOUNDARY, cfg_2=CFG_2)
+    delta = (ours - to_raw(expected)).abs().max().item()
+    assert delta <= 1e-5, delta
+    high_only = _ours((experts[0], experts[0]), solver, boundary=BOUNDARY, cfg_2=CFG_2)
+    assert (high_only - ours).abs().max() > 1e-2, "the low-noise expert must have run"
+
+
+def test_the_boundary_and_cfg_2_default_to_the_models_and_cfg(experts):
+    assert wan_variant(dict(experts[0].config)).experts == T2V_A14B
+    assert torch.equal(_ours(experts, "flow_euler"), _ours(experts, "flow_euler", boundary=0.875, cfg_2=CFG))
+
+
+def test_the_low_noise_expert_loads_once_after_the_high_noise_one_left(experts, monkeypatch):
+    events = []
+    original = bridge.hand_over
+
+    def recording(old, new, memory_required=0):
+        events.append((old.module, new.module))
+        return original(old, new, memory_required)
+
+    monkeypatch.setattr(bridge, "hand_over", recording)
+    _ours(experts, "flow_euler", boundary=BOUNDARY)
+    assert events == [experts], "one hand-over, from the high- to the low-noise expert"
+    events.clear()
+    _ours(experts, "flow_euler", boundary=0.001)
+    assert events == [], "a boundary the run never crosses never loads the low-noise expert"
+
+
+@pytest.mark.parametrize(("pair", "inputs", "message"), [
+    (("t2v", "ti2v"), {}, "differ in in_channels, out_channels"),
+    (("t2v", "t2v"), {"boundary": 1.5}, "between 0 and 1"),
+])
+def test_pairs_that_cannot_run_are_refused(pair, inputs, message):
+    models = tuple(tiny_wan_transformer(variant, text_dim=32) for variant in pair)
+    with pytest.raises(ValueError, match=message):
+        _ours(models, "flow_euler", **inputs)
