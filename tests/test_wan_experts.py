@@ -91,3 +91,40 @@ def test_pairs_that_cannot_run_are_refused(pair, inputs, message):
     models = tuple(tiny_wan_transformer(variant, text_dim=32) for variant in pair)
     with pytest.raises(ValueError, match=message):
         _ours(models, "flow_euler", **inputs)
+
+
+def test_i2v_a14b_experts_equal_wan_image_to_video_pipeline_with_transformer_2(tmp_path):
+    """I2V-A14B: Wan Image to Video conditioning (no CLIP: these experts have no image embedder), two experts with
+    boundary 0.9, against WanImageToVideoPipeline(transformer, transformer_2, boundary_ratio=0.9)."""
+    from diffusers import WanImageToVideoPipeline
+    from test_wan_image_to_video import FRAMES, NEGATIVE, NODES, PROMPTS, _image, _pil
+    from tiny_models import tiny_wan_set, write_wan_files
+
+    models = tiny_wan_set()
+    paths = write_wan_files(models, str(tmp_path))
+    high, low = (tiny_wan_transformer("i2v_a14b", seed=seed, text_dim=64) for seed in (31, 32))
+    width, height, steps, shift = 64, 48, 6, 5.0
+    start = _image(width, height, 1)
+    (encoder,) = NODES["WanTextEncoderLoader"]().load(paths["text_encoder"], "fp32")
+    (vae,) = NODES["WanVAELoader"]().load(paths["vae"], "fp32")
+    positive, negative = NODES["WanTextEncode"]().encode(encoder, PROMPTS[0], NEGATIVE, False)
+    positive, negative, latent = NODES["WanImageToVideoConditioning"]().apply(
+        positive, negative, vae, width, height, FRAMES, 1, start, None, None, None)
+    with torch.inference_mode():
+        (ours,) = WanSampler().sample(_handle(high), positive, negative, latent, SEED, steps, CFG, shift, "flow_unipc",
+                                      "default", 1.0, model_2=_handle(low), cfg_2=CFG_2)
+    pipe = WanImageToVideoPipeline(tokenizer=models["tokenizer"], text_encoder=models["umt5"], image_encoder=None,
+                                   image_processor=None, transformer=high, transformer_2=low, vae=models["vae"],
+                                   scheduler=make_scheduler("flow_unipc", shift), boundary_ratio=0.9)
+    pipe.set_progress_bar_config(disable=True)
+    final = {}
+    with torch.no_grad():
+        embeds, negative_embeds = WanPipeline(tokenizer=models["tokenizer"], text_encoder=models["umt5"],
+                                              transformer=None, vae=None, scheduler=None).encode_prompt(
+            PROMPTS[0], NEGATIVE, max_sequence_length=512)
+        pipe(image=_pil(start), prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, height=height,
+             width=width, num_frames=FRAMES, num_inference_steps=steps, guidance_scale=CFG, guidance_scale_2=CFG_2,
+             latents=comfy_noise(tuple(ours["samples"].shape), SEED), output_type="latent",
+             callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or kw)
+    delta = (ours["samples"] - to_raw(final["latents"])).abs().max().item()
+    assert delta <= 1e-5, delta
