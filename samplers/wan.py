@@ -20,6 +20,7 @@ from .perturbed import SkipLayerGuidance, check_family
 from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
 from .wan_experts import LowNoiseExpert, switching_predict
 from .wan_image import ImageInputs, image_inputs
+from .wan_ti2v import KnownFrames, known_frames
 
 
 def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
@@ -33,7 +34,7 @@ def _embeds(conditioning, name: str, batch: int, width: int) -> torch.Tensor:
 
 
 def wan_velocity(transformer, positive, negative, cfg: float, latent_shape, guidance: Guidance | None = None,
-                 batched: bool = False, speed: SpeedRun = NO_SPEED):
+                 batched: bool = False, speed: SpeedRun = NO_SPEED, frames: KnownFrames | None = None):
     """`predict(x, t, step, total)`: the flow velocity under `guidance` (None: CFG with `cfg`), as WanPipeline
     (WanImageToVideoPipeline for image-to-video models) computes it.
 
@@ -58,7 +59,10 @@ def wan_velocity(transformer, positive, negative, cfg: float, latent_shape, guid
             return transformer(timestep=timestep, return_dict=False, **branch.inputs(x), **extra)[0]
 
     def predict(x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> torch.Tensor:
-        x_in, timestep = x.to(dtype), t.expand(x.shape[0])
+        if frames is None:
+            x_in, timestep = x.to(dtype), t.expand(x.shape[0])
+        else:  # TI2V-5B: given frames in the input, a timestep per token (samplers/wan_ti2v.py)
+            x_in, timestep = frames.model_input(x).to(dtype), frames.timestep(t, x.shape[0])
         if isinstance(guidance, SkipLayerGuidance):
             out = forward(x_in, timestep, cond, "cond")  # cond, uncond, cond with blocks skipped: the guider's order
             out_uncond = forward(x_in, timestep, uncond, "uncond") if guidance.uses_uncond else None
@@ -70,7 +74,7 @@ def wan_velocity(transformer, positive, negative, cfg: float, latent_shape, guid
         if not guidance.needs_uncond(step, total):
             out, out_uncond = forward(x_in, timestep, cond, "cond"), None
         elif batched:
-            out, out_uncond = forward(torch.cat([x_in, x_in]), timestep.repeat(2), cond.joined(uncond),
+            out, out_uncond = forward(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), cond.joined(uncond),
                                       "cond_uncond").chunk(2)
         else:
             out, out_uncond = forward(x_in, timestep, cond, "cond"), forward(x_in, timestep, uncond, "uncond")
@@ -148,19 +152,22 @@ def sample_wan(
     device = execution_device(transformer)
     noise = comfy_noise(tuple(samples.shape), seed, latent.get("batch_index")).to(device)
     scheduler, plan = plan_run(solver, shift, steps, denoise, device, schedule, sigmas)
-    x = start_latent(plan, noise, to_model_space(samples.to(device, torch.float32)))
+    model_space = to_model_space(samples.to(device, torch.float32))
+    frames = known_frames(transformer, latent, model_space)
+    x = start_latent(plan, noise, model_space)
     with contextlib.ExitStack() as stack:
 
         def velocity(model, scale: float, options: SpeedOptions | None):
             run = stack.enter_context(speed_run(model, options, "wan", len(plan.timesteps)))
-            return run.track(wan_velocity(model, positive, negative, scale, samples.shape, guidance, batched, run),
-                             plan)
+            return run.track(wan_velocity(model, positive, negative, scale, samples.shape, guidance, batched, run,
+                                          frames), plan)
 
         predict = velocity(transformer, cfg, speed)
         if low_noise is not None:
             predict = switching_predict(predict, lambda: velocity(low_noise.load(), low_noise.cfg, low_noise.speed),
                                         low_noise.boundary_ratio)
-        return to_raw(sample_flow(predict, scheduler, plan, x, callback))
+        x = sample_flow(predict, scheduler, plan, x, callback)
+        return to_raw(x if frames is None else frames.model_input(x))
 
 
 def batch_cond_uncond(device: torch.device, model_bytes: int, one_pass: int, device_memory: int) -> bool:
