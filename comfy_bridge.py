@@ -423,8 +423,8 @@ def _native_classes() -> tuple[type, type]:
         def __init__(self, spec, module: torch.nn.Module):
             config = NativeConfig({"disable_unet_model_creation": True})
             config.sampling_settings = {"shift": spec.shift, "multiplier": 1000}
-            if spec.family == "wan":
-                config.latent_format = formats.Wan21()  # raw VAE latents in LATENT, normalised here; RGB previews
+            if spec.family == "wan":  # raw VAE latents in LATENT, normalised here; RGB previews
+                config.latent_format = formats.Wan22() if spec.per_frame_timesteps else formats.Wan21()
             else:  # raw DC-AE latents x scale; no RGB factors, so ComfyUI shows no latent2rgb preview
                 config.latent_format = formats.LatentFormat()
                 config.latent_format.latent_channels = spec.latent_channels
@@ -446,7 +446,11 @@ def _native_classes() -> tuple[type, type]:
                 clip = kwargs.get("clip_fea")
                 image = {"concat": None if c_concat is None else mm.cast_to_device(c_concat, xc.device, dtype),
                          "clip_features": None if clip is None else mm.cast_to_device(clip, xc.device, torch.float32)}
-            out = self.spec.forward(xc, self.model_sampling.timestep(t).float(), context, mask, **image).float()
+            timestep = t
+            if self.spec.per_frame_timesteps:  # TI2V-5B: 0 on given frames, as ComfyUI's WAN22
+                timestep = mb.WAN22.process_timestep(self, t, x, kwargs.get("denoise_mask"))
+            out = self.spec.forward(xc, self.model_sampling.timestep(timestep).float(), context, mask,
+                                    **image).float()
             return self.model_sampling.calculate_denoised(t, out, x)
 
         def concat_cond(self, **kwargs):
@@ -462,7 +466,14 @@ def _native_classes() -> tuple[type, type]:
                 out["attention_mask"] = conds.CONDRegular(kwargs["attention_mask"])
             if self.spec.image_to_video and kwargs.get("clip_vision_output") is not None:
                 out["clip_fea"] = conds.CONDRegular(kwargs["clip_vision_output"].penultimate_hidden_states)
+            if self.spec.per_frame_timesteps and kwargs.get("denoise_mask") is not None:
+                out["denoise_mask"] = conds.CONDRegular(kwargs["denoise_mask"])
             return out
+
+        def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+            if self.spec.per_frame_timesteps:  # given frames stay clean, as ComfyUI's WAN22
+                return latent_image
+            return super().scale_latent_inpaint(sigma=sigma, noise=noise, latent_image=latent_image, **kwargs)
 
         def memory_required(self, input_shape, *args, **kwargs):  # 0.33+ also pass cond_shapes
             return self.spec.memory(tuple(input_shape))

@@ -17,6 +17,7 @@ import torch
 from .sana import SANA_LATENT_SCALE, sana_memory_estimate
 from .wan import wan_memory_estimate
 from .wan_image import is_image_to_video, model_image_embeds
+from .wan_ti2v import expands_timesteps
 
 # forward(x, timestep, context, attention_mask, concat, clip_features): the velocity; timestep is ComfyUI's
 # sigma * 1000; concat (image-to-video: mask and image latents, ComfyUI's c_concat) and clip_features (its clip_fea)
@@ -34,6 +35,7 @@ class NativeSpec:
     forward: Forward
     memory: Callable[[tuple], int]  # bytes of activations for one call on a [B, C, ...] input
     image_to_video: bool = False  # ComfyUI builds c_concat (WAN21.concat_cond) and clip_fea for it
+    per_frame_timesteps: bool = False  # Wan2.2 TI2V-5B: ComfyUI's WAN22 timesteps from the denoise mask, Wan22 latents
 
 
 def native_spec(transformer, info: dict) -> NativeSpec:
@@ -49,7 +51,7 @@ def native_spec(transformer, info: dict) -> NativeSpec:
                              "it with the Wan Sampler (Wan Camera Image to Video, or native WanCameraImageToVideo).")
         return NativeSpec("wan", variant.default_shift, transformer.config.out_channels, 1.0, False,
                           _wan_forward(transformer), lambda shape: wan_memory_estimate(transformer, shape),
-                          is_image_to_video(transformer.config))
+                          is_image_to_video(transformer.config), expands_timesteps(transformer))
     if family == "sana":
         if variant.is_sprint:
             raise ValueError("This is a Sana-Sprint model: it samples with the sCM solver and its guidance "
@@ -67,6 +69,9 @@ def _wan_forward(transformer) -> Forward:
         # No mask: prompts are zero-padded to 512 tokens, as Wan was trained (and as samplers/wan.py and ComfyUI's
         # own Wan model run them).
         image = {}
+        if timestep.ndim == 2:  # TI2V-5B: one per latent frame (ComfyUI's WAN22) -> one per token (diffusers')
+            _, patch_h, patch_w = config.patch_size
+            timestep = timestep.repeat_interleave((x.shape[-2] // patch_h) * (x.shape[-1] // patch_w), dim=1)
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)
         if config.get("image_dim"):
