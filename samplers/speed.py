@@ -283,12 +283,13 @@ class SpeedRun:
         # nothing of the mixin.
         return CacheMixin.cache_context(self._transformer, name, **self._position)
 
-    def track(self, predict, schedule):
+    def track(self, predict, schedule, start: int = 0):
         """`predict` that first records which model call of the schedule it is (the step index and sigma a cache
-        context carries); sample_flow calls it once per model call, in order."""
+        context carries); sample_flow calls it once per model call, in order, from call `start` on (a Wan2.2
+        low-noise expert takes over mid-run)."""
         if not self._caching:
             return predict
-        calls = itertools.count()
+        calls = itertools.count(start)
 
         def tracked(x, t, step, total):
             index = next(calls)

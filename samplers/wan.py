@@ -18,7 +18,7 @@ from .loop import StepCallback, plan_run, sample_flow, start_latent
 from .noise import comfy_noise
 from .perturbed import SkipLayerGuidance, check_family
 from .speed import NO_SPEED, SpeedOptions, SpeedRun, speed_run
-from .wan_experts import LowNoiseExpert, switching_predict
+from .wan_experts import LowNoiseExpert, check_expert_speed, switch_call, switching_predict
 from .wan_image import ImageInputs, image_inputs
 from .wan_ti2v import KnownFrames, known_frames
 
@@ -157,15 +157,18 @@ def sample_wan(
     x = start_latent(plan, noise, model_space)
     with contextlib.ExitStack() as stack:
 
-        def velocity(model, scale: float, options: SpeedOptions | None):
+        def velocity(model, scale: float, options: SpeedOptions | None, start: int = 0):
             run = stack.enter_context(speed_run(model, options, "wan", len(plan.timesteps)))
             return run.track(wan_velocity(model, positive, negative, scale, samples.shape, guidance, batched, run,
-                                          frames), plan)
+                                          frames), plan, start)
 
+        if low_noise is not None:
+            check_expert_speed(speed, low_noise)
         predict = velocity(transformer, cfg, speed)
         if low_noise is not None:
-            predict = switching_predict(predict, lambda: velocity(low_noise.load(), low_noise.cfg, low_noise.speed),
-                                        low_noise.boundary_ratio)
+            start = switch_call(plan.timesteps, low_noise.boundary_ratio)
+            predict = switching_predict(predict, lambda: velocity(low_noise.load(), low_noise.cfg, low_noise.speed,
+                                                                  start), low_noise.boundary_ratio)
         x = sample_flow(predict, scheduler, plan, x, callback)
         return to_raw(x if frames is None else frames.model_input(x))
 

@@ -49,6 +49,20 @@ def _listed(value) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def switch_call(timesteps: torch.Tensor, boundary_ratio: float) -> int:
+    """The index of the first model call the low-noise expert makes (len(timesteps) when it makes none)."""
+    boundary = boundary_ratio * NUM_TRAIN_TIMESTEPS
+    return next((i for i, t in enumerate(timesteps) if t < boundary), len(timesteps))
+
+
+def check_expert_speed(high: SpeedOptions | None, low: LowNoiseExpert) -> None:
+    """MagCache's magnitude ratios are calibrated per model over a whole run; none are published for the Wan2.2
+    experts (diffusers 0.42 has none), and the Wan2.1 14B ones would pass for them by shape."""
+    if any(options is not None and options.cache == "mag" for options in (high, low.speed)):
+        raise ValueError("MagCache has no calibrated ratios for the Wan2.2 A14B experts: choose first_block or sea "
+                         "in Wan Speed Options for a two-expert run.")
+
+
 def switching_predict(high: Predictor, make_low: Callable[[], Predictor], boundary_ratio: float) -> Predictor:
     """`predict` that calls `high` while t >= boundary_ratio x 1000, else the low-noise expert's predictor, which
     `make_low()` builds at its first call (loading that expert)."""

@@ -12,6 +12,7 @@ from sana_wan.nodes.wan import WanSampler
 from sana_wan.samplers.conditioning import make_conditioning
 from sana_wan.samplers.noise import comfy_noise
 from sana_wan.samplers.schedulers import make_scheduler
+from sana_wan.samplers.speed import SpeedOptions
 from sana_wan.vae.wan import to_raw
 
 STEPS, CFG, CFG_2, SEED, SHIFT, BOUNDARY = 6, 4.0, 3.0, 11, 12.0, 0.875
@@ -128,3 +129,30 @@ def test_i2v_a14b_experts_equal_wan_image_to_video_pipeline_with_transformer_2(t
              callback_on_step_end=lambda p, i, t, kw: final.update(latents=kw["latents"]) or kw)
     delta = (ours["samples"] - to_raw(final["latents"])).abs().max().item()
     assert delta <= 1e-5, delta
+
+
+def test_magcache_is_refused_and_other_caches_run_per_expert(experts):
+    (pos, pos_mask), (neg, neg_mask) = _embeds(9, 1), _embeds(3, 2)
+    args = (make_conditioning(pos, pos_mask), make_conditioning(neg, neg_mask), {"samples": torch.zeros(SHAPE)}, SEED,
+            STEPS, CFG, SHIFT, "flow_euler", "default", 1.0)
+    plain = _ours(experts, "flow_euler", boundary=BOUNDARY)
+    for cache, threshold in (("mag", 0.1), ("first_block", 0.0)):
+        high, low = (_handle(m).clone(speed=SpeedOptions(cache=cache, threshold=threshold)) for m in experts)
+        if cache == "mag":
+            with pytest.raises(ValueError, match="MagCache has no calibrated ratios for the Wan2.2 A14B experts"):
+                WanSampler().sample(high, *args, model_2=low, boundary=BOUNDARY)
+            continue
+        with torch.inference_mode():
+            (cached,) = WanSampler().sample(high, *args, model_2=low, boundary=BOUNDARY)
+        assert (cached["samples"] - plain).abs().max() <= 1e-5, "threshold 0 never skips"
+
+
+def test_the_low_noise_experts_cache_positions_continue_the_run():
+    from sana_wan.samplers.speed import SpeedRun
+
+    seen = []
+    run = SpeedRun(None, caching=True)
+    schedule = type("Plan", (), {"sigmas": torch.linspace(1, 0, 7), "timesteps": torch.arange(6)})()
+    predict = run.track(lambda *a: seen.append(dict(run._position)), schedule, start=3)
+    predict(None, None, 0, 6)
+    assert seen[0]["step_index"] == 3 and seen[0]["sigma"] == pytest.approx(0.5)
