@@ -156,3 +156,34 @@ def test_the_low_noise_experts_cache_positions_continue_the_run():
     predict = run.track(lambda *a: seen.append(dict(run._position)), schedule, start=3)
     predict(None, None, 0, 6)
     assert seen[0]["step_index"] == 3 and seen[0]["sigma"] == pytest.approx(0.5)
+
+
+def test_a_lora_on_one_expert_changes_that_expert_only(experts, tmp_path):
+    """A Wan2.2 LoRA pair ships one file per expert; here the low-noise expert alone gets one (ComfyUI layout), as
+    diffusers' adapter on transformer_2."""
+    import copy
+
+    import tiny_lora
+
+    from sana_wan.nodes.lora import WanLoraLoader
+
+    lora = tiny_lora.make_lora(experts[1], seed=5)
+    path = tiny_lora.save(tiny_lora.original(lora), str(tmp_path / "wan2.2_low_noise_lora.safetensors"))
+    reference_low = copy.deepcopy(experts[1])
+    reference_low.load_lora_adapter(tiny_lora.peft(lora), prefix="transformer", adapter_name="low")
+    reference_low.set_adapters(["low"], weights=[0.7])
+    (pos, pos_mask), (neg, neg_mask) = _embeds(9, 1), _embeds(3, 2)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=experts[0], transformer_2=reference_low,
+                       vae=None, scheduler=make_scheduler("flow_euler", SHIFT), boundary_ratio=BOUNDARY)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=comfy_noise(SHAPE, SEED), height=32,
+                    width=32, num_frames=5, num_inference_steps=STEPS, guidance_scale=CFG, guidance_scale_2=CFG_2,
+                    output_type="latent").frames
+    low = WanLoraLoader().load(_handle(copy.deepcopy(experts[1])), path, 0.7)[0]
+    with torch.inference_mode():
+        (ours,) = WanSampler().sample(_handle(experts[0]), make_conditioning(pos, pos_mask),
+                                      make_conditioning(neg, neg_mask), {"samples": torch.zeros(SHAPE)}, SEED, STEPS,
+                                      CFG, SHIFT, "flow_euler", "default", 1.0, model_2=low, boundary=BOUNDARY,
+                                      cfg_2=CFG_2)
+    assert (ours["samples"] - to_raw(expected)).abs().max() <= 1e-5
+    assert (ours["samples"] - _ours(experts, "flow_euler", boundary=BOUNDARY, cfg_2=CFG_2)).abs().max() > 1e-3
