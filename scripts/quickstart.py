@@ -45,7 +45,8 @@ def _parse(argv):
     parser.add_argument("--tiny", action="store_true", help="write tiny demo models and sample inputs")
     parser.add_argument("--download", nargs="+", metavar="SET", default=[],
                         help=("download the real models of these sets from scripts/models.json (sana, sana_sprint, wan, "
-                              "wan_i2v, wan_flf2v)"))
+                              "wan_i2v, wan_flf2v, wan22_t2v_a14b, wan22_i2v_a14b, wan22_ti2v_5b; the Wan2.2 sets "
+                              "take the text encoder from the wan set, A14B also its VAE)"))
     parser.add_argument("--record", action="store_true",
                         help="with --download: write each file's size and SHA-256 into scripts/models.json")
     parser.add_argument("--allow-unverified", action="store_true",

@@ -4,10 +4,10 @@
     python scripts/tiny_demo.py --twins     # rewrite workflows/tiny/ from workflows/api/ (after editing an example)
 
 The files: tiny random models of the real architectures (Sana, Sana-Sprint, Sana ControlNet, Sana-Video, Wan2.1
-T2V, I2V, FLF2V, VACE and Fun-Camera, two Wan LoRAs, their text encoders, CLIP vision and VAEs; a few MB, for trying
-the graphs and the API, not for pictures), and the sample inputs the examples load (`input_image.png`,
-`input_video.mp4`, `control_video.mp4`, `reference.png`, `sana_controlnet_hed.png`: synthetic, a square moving over a
-gradient, and an edge map).
+T2V, I2V, FLF2V, VACE and Fun-Camera, Wan2.2 A14B expert pairs and TI2V-5B, two Wan LoRAs, their text encoders, CLIP
+vision and VAEs; a few MB, for trying the graphs and the API, not for pictures), and the sample inputs the examples
+load (`input_image.png`, `input_video.mp4`, `control_video.mp4`, `reference.png`, `sana_controlnet_hed.png`:
+synthetic, a square moving over a gradient, and an edge map).
 
 A tiny twin (workflows/tiny/NAME.json) is the API workflow workflows/api/NAME.json with every real file name
 replaced by its tiny counterpart, small sizes and few steps (seconds on a CPU), and outputs under `tiny/`.
@@ -51,13 +51,16 @@ SETTINGS = {
                           '"ease": "ease-out"}]'}},
     "sana_video_text_to_video": {"5": {**WAN_SIZE, "length": WAN_FRAMES}, "6": {"steps": 3}},
     "sana_video_image_to_video": {"6": {**WAN_SIZE, "length": WAN_FRAMES}, "7": {"steps": 3}},
+    "wan22_t2v_a14b": {"6": {**WAN_SIZE, "length": WAN_FRAMES}, "7": {"steps": 4}},
+    "wan22_i2v_a14b": {"7": {**WAN_SIZE, "length": WAN_FRAMES}, "8": {"steps": 4}},
+    "wan22_ti2v_5b": {"6": {"width": 64, "height": 32, "length": WAN_FRAMES}, "7": {"steps": 3}},
 }
 
 
 def tiny_names() -> dict[str, str]:
     """Real file name in the examples -> the tiny file's name."""
     from tiny_lora import WAN_LORA_FILES
-    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, SANA_VIDEO_FILE, WAN_FILES, WAN_I2V_FILES
+    from tiny_models import SANA_FILES, SANA_SPRINT_FILE, SANA_VIDEO_FILE, WAN22_FILES, WAN_FILES, WAN_I2V_FILES
     from tiny_sana_controlnet import CONTROL_IMAGE, CONTROLNET_FILE
     from tiny_wan_camera import WAN_CAMERA_FILE
     from tiny_wan_vace import WAN_VACE_FILE
@@ -74,6 +77,9 @@ def tiny_names() -> dict[str, str]:
         "clip_vision_h.safetensors": WAN_I2V_FILES["clip_vision"],
         "wan2.1_fun_camera_v1.1_1.3B_bf16.safetensors": WAN_CAMERA_FILE,
         "SANA-Video_2B_480p_diffusers": SANA_VIDEO_FILE,
+        **{f"wan2.2_{kind}_{level}_14B_fp8_scaled.safetensors": WAN22_FILES[f"{kind}_{level}"]
+           for kind in ("t2v", "i2v") for level in ("high_noise", "low_noise")},
+        "wan2.2_ti2v_5B_fp16.safetensors": WAN22_FILES["ti2v"], "wan2.2_vae.safetensors": WAN22_FILES["vae"],
     }
 
 

@@ -232,7 +232,8 @@ def test_the_real_manifest_names_what_the_example_workflows_load():
                "DCAELoader": "vae", "WanVAELoader": "vae", "WanCLIPVisionLoader": "clip_vision"}
     api = os.path.join(ROOT, "workflows", "api")
     for name in ("sana_text_to_image.json", "sana_sprint_text_to_image.json", "wan_text_to_video.json",
-                 "wan_image_to_video.json", "wan_first_last_frame.json"):
+                 "wan_image_to_video.json", "wan_first_last_frame.json", "wan22_t2v_a14b.json", "wan22_i2v_a14b.json",
+                 "wan22_ti2v_5b.json"):
         with open(os.path.join(api, name)) as f:
             for node in json.load(f).values():
                 if node["class_type"] in folders:

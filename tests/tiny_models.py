@@ -103,12 +103,34 @@ def write_wan_image_to_video_files(models_dir: str, layouts: str) -> None:
     shutil.copy(clip, os.path.join(models_dir, "clip_vision", WAN_I2V_FILES["clip_vision"]))
 
 
+WAN22_FILES = {"t2v_high_noise": "wan2.2_t2v_high_noise_tiny.safetensors",
+               "t2v_low_noise": "wan2.2_t2v_low_noise_tiny.safetensors",
+               "i2v_high_noise": "wan2.2_i2v_high_noise_tiny.safetensors",
+               "i2v_low_noise": "wan2.2_i2v_low_noise_tiny.safetensors",
+               "ti2v": "wan2.2_ti2v_5B_tiny.safetensors", "vae": "wan2.2_vae_tiny.safetensors"}
+
+
+def write_wan22_files(models_dir: str, layouts: str) -> None:
+    """Tiny Wan2.2 A14B expert pairs (T2V: the T2V shape, I2V: 36 channels without CLIP), a tiny TI2V-5B (48
+    channels) in the Comfy-Org layout and a tiny Wan2.2 VAE, under the names of WAN22_FILES (text width 4096)."""
+    from tiny_wan_vae import TINY_WAN22_VAE_CONFIG
+
+    models = {"t2v_high_noise": ("t2v", 21), "t2v_low_noise": ("t2v", 22), "i2v_high_noise": ("i2v_a14b", 23),
+              "i2v_low_noise": ("i2v_a14b", 24), "ti2v": ("ti2v", 25)}
+    for role, (variant, seed) in models.items():
+        written = write_wan_layouts(tiny_wan_transformer(variant, seed=seed, text_dim=4096),
+                                    os.path.join(layouts, role))
+        shutil.copy(written["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN22_FILES[role]))
+    vae = write_wan_vae_layouts(tiny_wan_vae(seed=26, config=TINY_WAN22_VAE_CONFIG), os.path.join(layouts, "vae22"))
+    shutil.copy(vae["comfy_safetensors"], os.path.join(models_dir, "vae", WAN22_FILES["vae"]))
+
+
 def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
     """Every tiny model the example workflows load, under the names above, in ComfyUI's folders below `models_dir`:
     Sana and Sana-Sprint with Gemma-2 and DC-AE, Sana-Video (with that Gemma-2 and the Wan VAE), a Sana ControlNet
     (its control image in `input_dir`), Wan2.1 T2V, I2V, FLF2V, VACE and Fun-Camera with UMT5, CLIP vision and the Wan
-    VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096, which native ComfyUI hard-codes, so its KSampler and LoRA
-    loader take the tiny Wan too."""
+    VAE, Wan2.2 A14B pairs and TI2V-5B with the Wan2.2 VAE, two Wan LoRAs. Wan's text width is UMT5-XXL's 4096, which
+    native ComfyUI hard-codes, so its KSampler and LoRA loader take the tiny Wan too."""
     from tiny_lora import write_wan_loras
     from tiny_sana_controlnet import write_integration_files
     from tiny_wan_camera import WAN_CAMERA_FILE, tiny_camera_weights, write_camera_layouts
@@ -126,6 +148,7 @@ def write_all_in_comfy_folders(models_dir: str, input_dir: str) -> None:
         write_wan_image_to_video_files(models_dir, layouts)
         camera = write_camera_layouts(tiny_camera_weights(seed=6), os.path.join(layouts, "camera"))
         shutil.copy(camera["comfy_prefixed"], os.path.join(models_dir, "diffusion_models", WAN_CAMERA_FILE))
+        write_wan22_files(models_dir, layouts)
     write_integration_files(os.path.join(models_dir, "controlnet"), input_dir)
     write_wan_loras(os.path.join(models_dir, "loras"))
 
