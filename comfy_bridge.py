@@ -280,7 +280,7 @@ def hand_over(old: "ModelHandle", new: "ModelHandle", memory_required: int = 0) 
     if mm is None:
         old.patcher.unload()
     else:
-        loaded = mm.current_loaded_models
+        loaded = getattr(mm, "current_loaded_models", [])
         for i in reversed(range(len(loaded))):
             if loaded[i].model is old.patcher:
                 loaded.pop(i).model_unload()

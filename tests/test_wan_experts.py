@@ -187,3 +187,28 @@ def test_a_lora_on_one_expert_changes_that_expert_only(experts, tmp_path):
                                       cfg_2=CFG_2)
     assert (ours["samples"] - to_raw(expected)).abs().max() <= 1e-5
     assert (ours["samples"] - _ours(experts, "flow_euler", boundary=BOUNDARY, cfg_2=CFG_2)).abs().max() > 1e-3
+
+
+def test_experts_with_a_weight_budget_or_fp8_storage(experts, tmp_path):
+    """Model Memory Options' weight budget (layers cast on call from the offload device) on both experts gives the
+    same latents; fp8 weight storage runs both experts to a finite result near the float32 one."""
+    from tiny_wan import write_wan_layouts
+
+    from sana_wan.loaders.wan_transformer import load_wan_transformer
+
+    (pos, pos_mask), (neg, neg_mask) = _embeds(9, 1), _embeds(3, 2)
+    args = (make_conditioning(pos, pos_mask), make_conditioning(neg, neg_mask), {"samples": torch.zeros(SHAPE)}, SEED,
+            STEPS, CFG, SHIFT, "flow_euler", "default", 1.0)
+    plain = _ours(experts, "flow_euler", boundary=BOUNDARY)
+    budgeted = [bridge.with_memory_options(_handle(m), weight_budget=0) for m in experts]
+    fp8 = []
+    for index, model in enumerate(experts):
+        path = write_wan_layouts(model, str(tmp_path / str(index)))["comfy_prefixed"]
+        transformer, variant = load_wan_transformer(path, torch.float32, torch.float8_e4m3fn)
+        fp8.append(bridge.ModelHandle(transformer, "diffusion", family="wan", variant=variant))
+    with torch.inference_mode():
+        (low_vram,) = WanSampler().sample(budgeted[0], *args, model_2=budgeted[1], boundary=BOUNDARY)
+        (stored,) = WanSampler().sample(fp8[0], *args, model_2=fp8[1], boundary=BOUNDARY)
+    assert (low_vram["samples"] - plain).abs().max() <= 1e-6
+    assert torch.isfinite(stored["samples"]).all()
+    assert (stored["samples"] - plain).abs().max() <= 0.1 * plain.abs().max(), "fp8 rounding only"
