@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from ..samplers.latents import WAN_LATENT_CHANNELS, WAN_STRIDE, check_frame_count, check_image_size
-from ..samplers.wan_image import CLIP_OUTPUT, CONCAT_LATENT, CONCAT_MASK, ImageInputs, attach_image, fit_image
+from ..samplers.wan_image import (
+    CLIP_OUTPUT, CONCAT_LATENT, CONCAT_MASK, ImageInputs, attach_image, fit_image, fold_given_frames, model_image_embeds,
+    to_batch,
+)
 from ..vae.wan import encode_wan_pixels, to_model_space, to_raw
 from ..vision.clip import check_image
 from .wan_camera import CONDITIONING_KEY
@@ -37,9 +40,7 @@ def start_image_conditioning(vae, width: int, height: int, length: int,
     encoded = encode_wan_pixels(vae, video, tile="off")
     latent = to_raw(torch.zeros(1, channels, frames, h, w), vae.config)
     latent[:, :, :encoded.shape[2]] = encoded[:, :, :frames]
-    mask = torch.ones(1, 1, frames * _TEMPORAL, h, w)
-    mask[:, :, :pixels.shape[0] + _TEMPORAL - 1] = 0.0
-    mask = mask.view(1, frames, _TEMPORAL, h, w).transpose(1, 2)
+    mask = fold_given_frames(torch.arange(length) < pixels.shape[0], h, w)
     return latent, mask
 
 
@@ -81,17 +82,9 @@ def camera_image_inputs(transformer, conditioning, name: str, latent_shape, devi
         if latent.ndim != 5 or latent.shape[1] != WAN_LATENT_CHANNELS or latent.shape[2:] != (frames, height, width):
             raise ValueError(f"The {name} conditioning's start image latent is {tuple(latent.shape)} but the latent is "
                              f"{tuple(latent_shape)}: sample the latent of the same Wan Camera Image to Video node.")
-        concat = to_model_space(latent.float())
-        if concat.shape[0] != batch:
-            concat = concat.expand(batch, *concat.shape[1:]) if concat.shape[0] == 1 else None
-        if concat is None:
-            raise ValueError(f"The {name} conditioning holds {latent.shape[0]} start images for a batch of {batch}.")
+        concat = to_batch(to_model_space(latent.float()), batch, name)
     embeds = None
     if clip is not None:
-        embeds = clip["penultimate_hidden_states"].float()
-        if embeds.shape[-1] != transformer.config.image_dim:
-            raise ValueError(f"The CLIP features are {embeds.shape[-1]} wide; this model reads "
-                             f"{transformer.config.image_dim} (CLIP ViT-H/14: load clip_vision_h.safetensors).")
-        embeds = embeds.expand(batch, *embeds.shape[1:]) if embeds.shape[0] == 1 else embeds
-        embeds = embeds.to(device, dtype)
+        embeds = model_image_embeds(transformer.config, to_batch(clip["penultimate_hidden_states"].float(), batch,
+                                                                 name)).to(device, dtype)
     return ImageInputs(concat.to(device, dtype), embeds)

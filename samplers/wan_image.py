@@ -135,7 +135,7 @@ def image_inputs(transformer, conditioning, name: str, latent_shape, device, dty
     batch, _, frames, height, width = latent_shape
     concat = _concat(latent, mask, config.in_channels - config.out_channels, frames, height, width, name)
     _check_frames_fit_model(config, concat)
-    return ImageInputs(_to_batch(concat, batch, name).to(device, dtype),
+    return ImageInputs(to_batch(concat, batch, name).to(device, dtype),
                        _image_embeds(config, clip, batch, name, device, dtype))
 
 
@@ -160,7 +160,7 @@ def _concat(latent, mask, channels: int, frames: int, height: int, width: int, n
                              f"latent {(height, width)}: make both with the same image-to-video node.")
         model_mask = model_mask.expand(-1, _TEMPORAL, -1, -1, -1)
     if model_mask.shape[0] != latent.shape[0]:
-        model_mask = _to_batch(model_mask, latent.shape[0], name)
+        model_mask = to_batch(model_mask, latent.shape[0], name)
     return torch.cat([model_mask, latent], dim=1)
 
 
@@ -180,7 +180,7 @@ def _image_embeds(config, clip, batch: int, name: str, device, dtype) -> torch.T
         raise ValueError(f"This Wan image-to-video model reads CLIP image features and the {name} conditioning has "
                          "none: connect a CLIP Vision Encode (clip_vision_h) of the start image to the Wan Image to "
                          "Video node.")
-    embeds = _to_batch(clip["penultimate_hidden_states"].float(), batch, name)
+    embeds = to_batch(clip["penultimate_hidden_states"].float(), batch, name)
     return model_image_embeds(config, embeds).to(device, dtype)
 
 
@@ -200,7 +200,8 @@ def model_image_embeds(config, embeds: torch.Tensor) -> torch.Tensor:
     return embeds.reshape(-1, images // 2, embeds.shape[-1])
 
 
-def _to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+def to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """One image (or one per video) for a batch of `batch` videos."""
     if tensor.shape[0] == batch:
         return tensor
     if tensor.shape[0] != 1:
